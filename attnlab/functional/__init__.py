@@ -1,0 +1,15 @@
+"""The readable reference of every mechanism: pure functions, no parameters."""
+
+from .attend import AttentionResult, attend
+from .masks import (
+    causal_mask,
+    from_key_padding_mask,
+    lengths_to_mask,
+    local_p_window,
+    mask_and,
+    mask_or,
+    padding_mask,
+    window_mask,
+)
+from .normalizers import NORMALIZERS, get_normalizer, softmax
+from .scores import SCORES, additive_score, concat_score, dot_score, general_score, get_score, scaled_dot_score
