@@ -11,5 +11,15 @@ from .masks import (
     padding_mask,
     window_mask,
 )
-from .normalizers import NORMALIZERS, get_normalizer, softmax
+from .normalizers import (
+    NORMALIZERS,
+    entmax15,
+    get_normalizer,
+    gumbel_softmax,
+    hard_argmax,
+    relu_normalizer,
+    sigmoid_normalizer,
+    softmax,
+    sparsemax,
+)
 from .scores import SCORES, additive_score, concat_score, dot_score, general_score, get_score, scaled_dot_score
