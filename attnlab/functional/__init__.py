@@ -22,4 +22,20 @@ from .normalizers import (
     softmax,
     sparsemax,
 )
-from .scores import SCORES, additive_score, concat_score, dot_score, general_score, get_score, scaled_dot_score
+from .scores import SCORES, additive_score, additive_score_from_projections, concat_score, dot_score, general_score, get_score, scaled_dot_score
+from .positional import (
+    alibi_bias,
+    alibi_bias_from_relative,
+    alibi_slopes,
+    apply_rope,
+    pairwise_relative,
+    relative_positions,
+    rope_frequencies,
+    shaw_relative_index,
+    shaw_scores,
+    shaw_table_scores,
+    sinusoidal_table,
+    t5_bias,
+    t5_bias_from_relative,
+    t5_relative_bucket,
+)

@@ -19,6 +19,7 @@ __all__ = [
     "scaled_dot_score",
     "general_score",
     "additive_score",
+    "additive_score_from_projections",
     "concat_score",
     "SCORES",
     "get_score",
@@ -114,6 +115,22 @@ def additive_score(
     pk = k @ w_k.transpose(0, 1)  # (..., Tk, hidden)
     if bias is not None:
         pq = pq + bias
+    return additive_score_from_projections(pq, pk, v)
+
+
+def additive_score_from_projections(pq: torch.Tensor, pk: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The second half of the additive score: ``v^T tanh(pq_i + pk_j)``.
+
+    A decoder loop projects the encoder states once (``pk = W_k k``) and calls this
+    each step with only the query side new, as Bahdanau-style implementations do.
+
+    Shape: pq (..., Tq, hidden), pk (..., Tk, hidden), v (hidden,) -> (..., Tq, Tk).
+    """
+    if pq.shape[-1] != pk.shape[-1] or v.shape != (pq.shape[-1],):
+        raise ValueError(
+            f"pq, pk and v must share the hidden size: pq is {fmt_shape(pq.shape)}, pk is "
+            f"{fmt_shape(pk.shape)}, v is {fmt_shape(v.shape)}"
+        )
     feats = torch.tanh(pq.unsqueeze(-2) + pk.unsqueeze(-3))  # (..., Tq, Tk, hidden)
     return feats @ v  # (..., Tq, Tk)
 
