@@ -94,3 +94,21 @@ def mask_fill_value(dtype: torch.dtype) -> float:
     """The most negative finite value of ``dtype``: masked scores use it, never -inf,
     so that softmax of a fully masked row stays finite (it is zeroed afterwards)."""
     return torch.finfo(dtype).min
+
+
+def broadcast_shape(*shapes: Sequence[int]) -> tuple[int, ...]:
+    """NumPy broadcasting of shapes; raises ValueError when they do not broadcast.
+
+    (``torch.broadcast_shapes`` does the same but its first call imports sympy, which
+    costs over a second: too much for a check on every call's first use.)
+    """
+    ndim = max((len(s) for s in shapes), default=0)
+    out = [1] * ndim
+    for shape in shapes:
+        for i, d in enumerate(shape, start=ndim - len(shape)):
+            d = int(d)
+            if d != 1:
+                if out[i] not in (1, d):
+                    raise ValueError("shapes " + ", ".join(fmt_shape(s) for s in shapes) + " do not broadcast")
+                out[i] = d
+    return tuple(out)

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import torch
 
-from .._checks import check_bool_mask, check_broadcastable, check_probability, check_tensor, fmt_shape
+from .._checks import broadcast_shape, check_bool_mask, check_broadcastable, check_probability, check_tensor, fmt_shape
 from .normalizers import get_normalizer
 from .scores import get_score
 
@@ -77,7 +77,7 @@ def attend(
     norm_fn = get_normalizer(normalizer)
 
     s = score_fn(q, k, **(score_kwargs or {}))  # (..., Tq, Tk)
-    target = torch.broadcast_shapes(s.shape, v.shape[:-2] + (1, 1))[:-2] + s.shape[-2:]
+    target = broadcast_shape(s.shape, v.shape[:-2] + (1, 1))[:-2] + s.shape[-2:]
     check_bool_mask(mask, "mask", target, "the scores (..., Tq, Tk)")
     if bias is not None:
         check_tensor(bias, "bias")

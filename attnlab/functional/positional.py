@@ -26,7 +26,7 @@ import math
 
 import torch
 
-from .._checks import check_positive_int, check_tensor, fmt_shape
+from .._checks import broadcast_shape, check_positive_int, check_tensor, fmt_shape
 
 __all__ = [
     "sinusoidal_table",
@@ -411,8 +411,8 @@ def apply_rope(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) 
             f"for x {fmt_shape(x.shape)}, got {fmt_shape(positions.shape)}"
         )
     try:
-        torch.broadcast_shapes(positions.shape, x.shape[:-1])
-    except RuntimeError:
+        broadcast_shape(positions.shape, x.shape[:-1])
+    except ValueError:
         raise ValueError(
             f"positions of shape {fmt_shape(positions.shape)} does not broadcast to x.shape[:-1] "
             f"{fmt_shape(x.shape[:-1])}"

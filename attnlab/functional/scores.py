@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from .._checks import check_tensor, fmt_shape, resolve
+from .._checks import broadcast_shape, check_tensor, fmt_shape, resolve
 
 __all__ = [
     "dot_score",
@@ -39,8 +39,8 @@ def _check_qk(q, k, *, same_dim: bool):
             f"k is {fmt_shape(k.shape)}"
         )
     try:
-        torch.broadcast_shapes(q.shape[:-2], k.shape[:-2])
-    except RuntimeError:
+        broadcast_shape(q.shape[:-2], k.shape[:-2])
+    except ValueError:
         raise ValueError(
             f"q and k batch dimensions do not broadcast: q is {fmt_shape(q.shape)}, k is {fmt_shape(k.shape)}"
         ) from None
