@@ -24,8 +24,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/attnlab explain "The animal did not cross the street because it was too tired ." --out explain.png
 
+# Bytecode caching on: torch's lazy imports (dynamo, sympy) cost seconds per worker without it.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) -p no:cacheprovider tests
+	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) -p no:cacheprovider tests
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
