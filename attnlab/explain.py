@@ -23,15 +23,15 @@ Heavy libraries (torch, rich, matplotlib) are imported inside functions so that
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import re
-import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
+
+from ._io import check_output_path, write_json_atomic
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -770,20 +770,6 @@ def walkthrough_to_dict(wt: Walkthrough) -> dict:
     )
 
 
-def _write_json_atomic(data: dict, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # ----------------------------------------------------------------------------- CLI
 
 
@@ -846,16 +832,6 @@ def _nonnegative_int(text: str) -> int:
     return value
 
 
-def _check_output_path(path: Path | None, option: str) -> None:
-    if path is None:
-        return
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise ValueError(f"{option} {str(path)!r}: folder {str(folder)!r} does not exist")
-    if path.is_dir():
-        raise ValueError(f"{option} {str(path)!r} is a folder; give a file name")
-
-
 def run(args: argparse.Namespace) -> int:
     """Run ``attnlab explain`` with parsed arguments; returns the exit status."""
     # Cheap checks first: a typo should not wait for torch to import.
@@ -863,8 +839,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError('sentence is empty; give a sentence to explain, e.g. attnlab explain "The cat sat on the mat ."')
     if args.dim is not None and args.embeddings != "random":
         raise ValueError("--dim only applies to --embeddings random (MiniLM's embeddings are 384-d)")
-    _check_output_path(args.out, "--out")
-    _check_output_path(args.json, "--json")
+    check_output_path(args.out, "--out")
+    check_output_path(args.json, "--json")
 
     from rich.console import Console
 
@@ -881,6 +857,6 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"Heatmap of A saved to {args.out} (rows: the attending token; columns: the token "
                       "attended to).", markup=False, soft_wrap=True)
     if args.json is not None:
-        _write_json_atomic(walkthrough_to_dict(wt), args.json)
+        write_json_atomic(walkthrough_to_dict(wt), args.json)
         console.print(f"Every matrix saved to {args.json}.", markup=False, soft_wrap=True)
     return 0

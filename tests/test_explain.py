@@ -305,7 +305,7 @@ def test_walkthrough_falls_back_to_random_embeddings_with_a_note(monkeypatch):
 
 def test_json_dump_round_trips(random_wt, tmp_path):
     path = tmp_path / "wt.json"
-    explain._write_json_atomic(walkthrough_to_dict(random_wt), path)
+    explain.write_json_atomic(walkthrough_to_dict(random_wt), path)
     data = json.loads(path.read_text())
     assert data["tokens"] == random_wt.tokens and data["d_k"] == 3 and data["embeddings"] == "random"
     assert [p.name for p in tmp_path.iterdir()] == ["wt.json"]

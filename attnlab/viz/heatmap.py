@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
+
+from .._io import atomic_path
 
 __all__ = ["plot_attention", "save_figure"]
 
@@ -188,19 +189,6 @@ def save_figure(fig, path: str | os.PathLike, *, dpi: int = 150) -> Path:
     if not folder.is_dir():
         raise FileNotFoundError(f"cannot save the figure to {str(path)!r}: folder {str(folder)!r} does not exist")
     fmt = path.suffix[1:].lower() or "png"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format=fmt, dpi=dpi)
-        # mkstemp makes the file private (0600); give it the mode a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=fmt, dpi=dpi)
     return path
