@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.attnlab-installed
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test install clean
+.PHONY: demo test install browser clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -24,8 +24,19 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/attnlab explain "The animal did not cross the street because it was too tired ." --out explain.png
 
+# The viewer's browser test drives Debian's headless Chromium. As root with apt the
+# target installs it; elsewhere it says how, and that test skips with its reason.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  export DEBIAN_FRONTEND=noninteractive; echo "installing chromium + chromium-driver for the viewer's browser test"; \
+	  (apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 || \
+	   (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null)) \
+	  || echo "could not install chromium; the browser test will skip"; \
+	else echo "chromium not found: sudo apt-get install chromium chromium-driver (the browser test skips without it)"; fi
+
 # Bytecode caching on: torch's lazy imports (dynamo, sympy) cost seconds per worker without it.
-test: $(STAMP)
+test: $(STAMP) browser
 	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) -p no:cacheprovider tests
 
 clean:

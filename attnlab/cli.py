@@ -29,7 +29,7 @@ from . import __version__
 __all__ = ["COMMAND_MODULES", "build_parser", "main"]
 
 #: Modules that provide a subcommand through ``register(subparsers)``, in --help order.
-COMMAND_MODULES: tuple[str, ...] = ("attnlab.explain", "attnlab.embed", "attnlab.bench.cli")
+COMMAND_MODULES: tuple[str, ...] = ("attnlab.explain", "attnlab.embed", "attnlab.viz_cli", "attnlab.bench.cli")
 
 
 class _Parser(argparse.ArgumentParser):
