@@ -36,7 +36,9 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Sequence
+
+from ._io import check_output_path, write_json_atomic
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -159,22 +161,6 @@ def read_run(directory) -> dict:
     if not isinstance(record, dict) or record.get("task") != "translate":
         raise ValueError(f"{path} was not written by `attnlab train translate` (no \"task\": \"translate\")")
     return record
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (a temporary file in the same folder, then a rename)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=1, ensure_ascii=False, allow_nan=False)
-            fh.write("\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ----------------------------------------------------------------------------- data
@@ -662,7 +648,7 @@ def train_translation(
         "train_pairs": len(splits["train"]),
         "threads": torch.get_num_threads(),
     }
-    _write_json(out / RUN_FILE, record)
+    write_json_atomic(record, out / RUN_FILE)
 
     tok = tokenizer
     pad = tok.pad_id
@@ -1200,16 +1186,6 @@ def _data_settings(args) -> DataSettings:
     return DataSettings(path=str(args.data), strict=not args.lenient, valid=args.valid_size, test=args.test_size)
 
 
-def _check_output_path(path: Path | None, option: str) -> None:
-    if path is None:
-        return
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise ValueError(f"{option} {str(path)!r}: folder {str(folder)!r} does not exist")
-    if path.is_dir():
-        raise ValueError(f"{option} {str(path)!r} is a folder; give a file name")
-
-
 def run_train(args: argparse.Namespace) -> int:
     """``attnlab train translate``."""
     limits_given = any(getattr(args, k) is not None for k in _LIMITS)
@@ -1262,7 +1238,7 @@ def run_translate(args: argparse.Namespace) -> int:
         if not s.strip():
             which = "sentence is empty" if len(args.sentences) == 1 else f"sentence {i + 1} is empty"
             raise ValueError(f'{which}; give German text, e.g. attnlab translate --checkpoint DIR "Ich möchte dir helfen."')
-    _check_output_path(args.heatmap, "--heatmap")
+    check_output_path(args.heatmap, "--heatmap")
     _set_threads(args)
     translator = Translator.load(args.checkpoint)
     results = translator.translate(args.sentences, beam=args.beam, max_len=args.max_len)
@@ -1286,8 +1262,8 @@ def run_translate(args: argparse.Namespace) -> int:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """``attnlab evaluate``."""
-    _check_output_path(args.json, "--json")
-    _check_output_path(args.hypotheses, "--hypotheses")
+    check_output_path(args.json, "--json")
+    check_output_path(args.hypotheses, "--hypotheses")
     ckpt_dir, run_dir = _resolve_checkpoint(args.checkpoint)
     record = read_run(run_dir)
     _set_threads(args)
@@ -1300,8 +1276,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     print(f"BLEU {scores['bleu']:.2f}  ({scores['bleu_signature']})")
     print(f"chrF {scores['chrf']:.2f}  ({scores['chrf_signature']})")
     if args.json is not None:
-        _write_json(args.json, {"bleu": float(scores["bleu"]), "chrf": float(scores["chrf"]),
-                                "sentences": int(scores["sentences"])})
+        write_json_atomic({"bleu": float(scores["bleu"]), "chrf": float(scores["chrf"]),
+                           "sentences": int(scores["sentences"])}, args.json)
     if args.hypotheses is not None:
         args.hypotheses.write_text("".join(h + "\n" for h in scores["hypotheses"]), encoding="utf-8")
     return 0

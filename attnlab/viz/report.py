@@ -17,9 +17,10 @@ import base64
 import html
 import io
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
+
+from .._io import write_text_atomic
 
 __all__ = ["Report", "png_bytes"]
 
@@ -147,15 +148,5 @@ class Report:
         folder = path.parent if str(path.parent) else Path(".")
         if not folder.is_dir():
             raise FileNotFoundError(f"cannot save the report to {str(path)!r}: folder {str(folder)!r} does not exist")
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(self.to_html())
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_text_atomic(self.to_html(), path)
         return path
