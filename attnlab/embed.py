@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
+from ._argtypes import nonnegative_int
 from ._io import check_output_path, write_json_atomic
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -213,22 +214,12 @@ def register(subparsers) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("sentences", nargs="+", metavar="SENTENCE", help="sentences to embed (quote each one)")
-    p.add_argument("--dims", type=_nonnegative_int, default=DEFAULT_DIMS,
+    p.add_argument("--dims", type=nonnegative_int, default=DEFAULT_DIMS,
                    help=f"how many leading embedding dimensions to print (default {DEFAULT_DIMS})")
     p.add_argument("--json", metavar="PATH", type=Path, default=None,
                    help="save the sentences, tokens, full embeddings and cosine matrix as JSON")
     p.set_defaults(func=run)
     return p
-
-
-def _nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
 
 
 def run(args: argparse.Namespace) -> int:

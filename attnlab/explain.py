@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from ._argtypes import nonnegative_int, positive_int
 from ._io import check_output_path, write_json_atomic
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -798,11 +799,11 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--embeddings", choices=EMBEDDING_SOURCES, default="pretrained",
                    help="pretrained MiniLM token embeddings (default; falls back to random if the package "
                         "is missing) or seeded random vectors")
-    p.add_argument("--d-k", dest="d_k", type=_positive_int, default=DEFAULT_D_K,
+    p.add_argument("--d-k", dest="d_k", type=positive_int, default=DEFAULT_D_K,
                    help=f"width of the projected queries/keys/values (default {DEFAULT_D_K})")
-    p.add_argument("--dim", type=_positive_int, default=None,
+    p.add_argument("--dim", type=positive_int, default=None,
                    help=f"embedding width for --embeddings random (default {DEFAULT_RANDOM_DIM})")
-    p.add_argument("--seed", type=_nonnegative_int, default=0, help="seed of the random weights (default 0)")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the random weights (default 0)")
     p.add_argument("--focus", metavar="WORD", default=None,
                    help="token to study in 'what to notice' (default: the first pronoun, else the last word)")
     p.add_argument("--special-tokens", action="store_true", help="keep MiniLM's [CLS] and [SEP] tokens")
@@ -810,26 +811,6 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="PATH", type=Path, default=None, help="save every matrix as JSON")
     p.set_defaults(func=run)
     return p
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
 
 
 def run(args: argparse.Namespace) -> int:

@@ -29,7 +29,6 @@ import argparse
 import dataclasses
 import functools
 import json
-import math
 import os
 import sys
 import tempfile
@@ -38,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, Sequence
 
+from ._argtypes import nonnegative_int, positive_float, positive_int, probability
 from ._io import check_output_path, write_json_atomic
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -995,48 +995,8 @@ def _threads() -> int:
 # ----------------------------------------------------------------------------- CLI
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return value
-
-
-def _probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text}")
-    return value
-
-
 def _add_threads_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", type=_positive_int, default=1, metavar="N",
+    p.add_argument("--threads", type=positive_int, default=1, metavar="N",
                    help="torch CPU threads (default 1: these small models run many tiny operations, and a second "
                         "thread mostly waits for the first, badly so when another program holds a core)")
 
@@ -1053,26 +1013,26 @@ def _add_data_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"Ding-format dictionary file (default {DING_PATH}, from the Debian package {DING_PACKAGE})")
     g.add_argument("--lenient", action="store_true",
                    help="also keep items with synonym lists (first synonym), ~8%% more pairs")
-    g.add_argument("--vocab-size", type=_positive_int, default=DEFAULT_VOCAB, metavar="N",
+    g.add_argument("--vocab-size", type=positive_int, default=DEFAULT_VOCAB, metavar="N",
                    help=f"joint BPE vocabulary size, learned on the training split (default {DEFAULT_VOCAB})")
-    g.add_argument("--valid-size", type=_positive_int, default=DataSettings.valid, metavar="N",
+    g.add_argument("--valid-size", type=positive_int, default=DataSettings.valid, metavar="N",
                    help=f"pairs held out for validation (default {DataSettings.valid})")
-    g.add_argument("--test-size", type=_positive_int, default=DataSettings.test, metavar="N",
+    g.add_argument("--test-size", type=positive_int, default=DataSettings.test, metavar="N",
                    help=f"pairs held out for the test scores (default {DataSettings.test})")
 
 
 def _add_training_arguments(p: argparse.ArgumentParser, *, minutes_help: str):
     g = p.add_argument_group("training")
-    g.add_argument("--minutes", type=_positive_float, metavar="M", help=minutes_help)
-    g.add_argument("--batch-tokens", type=_positive_int, default=TrainOptions.batch_tokens, metavar="N",
+    g.add_argument("--minutes", type=positive_float, metavar="M", help=minutes_help)
+    g.add_argument("--batch-tokens", type=positive_int, default=TrainOptions.batch_tokens, metavar="N",
                    help=f"padded tokens per batch (default {TrainOptions.batch_tokens})")
-    g.add_argument("--lr", type=_positive_float, default=None,
+    g.add_argument("--lr", type=positive_float, default=None,
                    help="Adam learning rate (default 3e-3, 1e-3 for the transformer)")
-    g.add_argument("--eval-every", type=_positive_int, default=TrainOptions.eval_every, metavar="STEPS",
+    g.add_argument("--eval-every", type=positive_int, default=TrainOptions.eval_every, metavar="STEPS",
                    help=f"validate (greedy BLEU) and save last/ every this many steps (default {TrainOptions.eval_every})")
-    g.add_argument("--valid-sentences", type=_positive_int, default=TrainOptions.valid_sentences, metavar="N",
+    g.add_argument("--valid-sentences", type=positive_int, default=TrainOptions.valid_sentences, metavar="N",
                    help=f"valid sentences decoded at each validation (default {TrainOptions.valid_sentences})")
-    g.add_argument("--seed", type=_nonnegative_int, default=0, help="seed of the initial weights and data order")
+    g.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the initial weights and data order")
     g.add_argument("--quiet", action="store_true", help="no progress bar or validation lines")
     _add_threads_argument(g)
     return g
@@ -1103,20 +1063,20 @@ def register(subparsers) -> argparse.ArgumentParser:
     g = _add_training_arguments(
         p, minutes_help=f"total training minutes, resumed runs included (default {DEFAULT_MINUTES:g} "
                         "when no --steps/--epochs)")
-    g.add_argument("--steps", type=_positive_int, help="total optimizer steps")
-    g.add_argument("--epochs", type=_positive_int, help="total passes over the training pairs")
+    g.add_argument("--steps", type=positive_int, help="total optimizer steps")
+    g.add_argument("--epochs", type=positive_int, help="total passes over the training pairs")
     g.add_argument("--schedule", choices=("constant", "inverse_sqrt", "cosine"),
                    help="learning-rate schedule after the warmup (default constant)")
-    g.add_argument("--warmup", type=_nonnegative_int, metavar="STEPS",
+    g.add_argument("--warmup", type=nonnegative_int, metavar="STEPS",
                    help="linear warmup steps (default 50, 200 for the transformer)")
-    g.add_argument("--label-smoothing", type=_probability, default=TrainOptions.label_smoothing, metavar="EPS",
+    g.add_argument("--label-smoothing", type=probability, default=TrainOptions.label_smoothing, metavar="EPS",
                    help=f"label smoothing epsilon (default {TrainOptions.label_smoothing:g}; 0.1 in Vaswani et al.)")
     s = p.add_argument_group("model size (default: the model's own defaults)")
-    s.add_argument("--width", type=_positive_int, help="embedding and hidden size (d_model for the transformer)")
-    s.add_argument("--params", type=_positive_int, metavar="N", help="parameter budget instead of --width")
-    s.add_argument("--layers", type=_positive_int, help="RNN layers / transformer encoder and decoder layers")
-    s.add_argument("--heads", type=_positive_int, help="attention heads (transformer)")
-    s.add_argument("--dropout", type=_probability, help="dropout probability")
+    s.add_argument("--width", type=positive_int, help="embedding and hidden size (d_model for the transformer)")
+    s.add_argument("--params", type=positive_int, metavar="N", help="parameter budget instead of --width")
+    s.add_argument("--layers", type=positive_int, help="RNN layers / transformer encoder and decoder layers")
+    s.add_argument("--heads", type=positive_int, help="attention heads (transformer)")
+    s.add_argument("--dropout", type=probability, help="dropout probability")
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="any other config field, e.g. --set readout=maxout, --set score=dot, --set mode=local-p")
     _add_data_arguments(p)
@@ -1133,8 +1093,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("sentences", nargs="+", metavar="SENTENCE", help="German text (quote each sentence)")
     p.add_argument("--checkpoint", metavar="DIR", type=Path, required=True,
                    help="run directory (uses best/, else last/) or one checkpoint directory in it")
-    p.add_argument("--beam", type=_positive_int, default=1, help="beam size (default 1: greedy)")
-    p.add_argument("--max-len", type=_positive_int, metavar="N",
+    p.add_argument("--beam", type=positive_int, default=1, help="beam size (default 1: greedy)")
+    p.add_argument("--max-len", type=positive_int, metavar="N",
                    help="most output pieces per sentence (default 2 x source pieces + 10)")
     p.add_argument("--heatmap", metavar="PATH", type=Path,
                    help="save the alignment heatmap (PNG); with several sentences PATH gets -1, -2 ... suffixes")
@@ -1150,8 +1110,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", metavar="DIR", type=Path, required=True, help="run directory")
     p.add_argument("--split", choices=("test", "valid"), default="test", help="held-out split (default test)")
-    p.add_argument("--beam", type=_positive_int, default=1, help="beam size (default 1: greedy)")
-    p.add_argument("--max-len", type=_positive_int, metavar="N",
+    p.add_argument("--beam", type=positive_int, default=1, help="beam size (default 1: greedy)")
+    p.add_argument("--max-len", type=positive_int, metavar="N",
                    help="most output pieces per sentence (default 2 x source pieces + 10)")
     p.add_argument("--json", metavar="PATH", type=Path, help='write {"bleu": float, "chrf": float, "sentences": int}')
     p.add_argument("--hypotheses", metavar="PATH", type=Path, help="write the translations, one per line")
@@ -1168,13 +1128,13 @@ def register(subparsers) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", metavar="DIR", type=Path, default=Path("runs/demo"), help="output directory (default runs/demo)")
-    p.add_argument("--minutes", type=_positive_float, default=6.0,
+    p.add_argument("--minutes", type=positive_float, default=6.0,
                    help="training minutes per model (default 6: with --jobs 2 the whole demo takes about 8 minutes)")
-    p.add_argument("--params", type=_positive_int, default=1_500_000, metavar="N",
+    p.add_argument("--params", type=positive_int, default=1_500_000, metavar="N",
                    help="parameter budget of each model (default 1500000)")
-    p.add_argument("--beam", type=_positive_int, default=1, help="beam size for scoring (default 1: greedy)")
-    p.add_argument("--examples", type=_nonnegative_int, default=6, help="held-out test sentences to show (default 6)")
-    p.add_argument("--jobs", type=_positive_int, default=min(2, os.cpu_count() or 1), metavar="N",
+    p.add_argument("--beam", type=positive_int, default=1, help="beam size for scoring (default 1: greedy)")
+    p.add_argument("--examples", type=nonnegative_int, default=6, help="held-out test sentences to show (default 6)")
+    p.add_argument("--jobs", type=positive_int, default=min(2, os.cpu_count() or 1), metavar="N",
                    help="models trained at the same time, one process each (default: 2 on a machine with 2+ cores)")
     _add_threads_argument(p)
     _add_data_arguments(p)

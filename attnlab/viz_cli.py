@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ._argtypes import nonnegative_int
+
 __all__ = [
     "SOURCES",
     "ViewerInput",
@@ -250,16 +252,6 @@ def _default_out(model: str) -> Path:
     return Path(f"attention-{stem}.html")
 
 
-def _nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
 def register(subparsers) -> argparse.ArgumentParser:
     """Add the ``viz`` command to the ``attnlab`` CLI (see :mod:`attnlab.cli`)."""
     from .viz.viewer import VIEWS
@@ -289,7 +281,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="PATH", type=Path, default=None,
                    help="where to write the page (default: attention-<model>.html in the current directory)")
     p.add_argument("--view", choices=VIEWS, default="lines", help="the view shown first (default lines)")
-    p.add_argument("--seed", type=_nonnegative_int, default=0, help="seed of the random model (default 0)")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the random model (default 0)")
     p.set_defaults(func=run)
     return p
 

@@ -433,13 +433,8 @@ def experiment_markdown(res: ExperimentResult) -> str:
 
 def register(subparsers) -> argparse.ArgumentParser:
     """Add ``experiment bahdanau-length`` to the CLI."""
-    from ..translate import (
-        DEFAULT_VOCAB,
-        _add_threads_argument,
-        _positive_float,
-        _positive_int,
-        _probability,
-    )
+    from .._argtypes import positive_float, positive_int, probability
+    from ..translate import DEFAULT_VOCAB, _add_threads_argument
     from ..cli import command_group
 
     group = command_group(subparsers, "experiment", help="reproduce published claims: attnlab experiment TASK")
@@ -460,15 +455,15 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="output directory (default runs/bahdanau-length)")
     p.add_argument("--models", default=",".join(EXPERIMENT_MODELS),
                    help=f"comma-separated models (default {','.join(EXPERIMENT_MODELS)})")
-    p.add_argument("--minutes", type=_positive_float, default=10.0, help="training minutes per model (default 10)")
-    p.add_argument("--params", type=_positive_int, default=2_000_000, metavar="N",
+    p.add_argument("--minutes", type=positive_float, default=10.0, help="training minutes per model (default 10)")
+    p.add_argument("--params", type=positive_int, default=2_000_000, metavar="N",
                    help="parameter budget of every model (default 2000000)")
-    p.add_argument("--dropout", type=_probability, default=0.2, help="dropout of every model (default 0.2)")
-    p.add_argument("--vocab-size", type=_positive_int, default=DEFAULT_VOCAB, metavar="N",
+    p.add_argument("--dropout", type=probability, default=0.2, help="dropout of every model (default 0.2)")
+    p.add_argument("--vocab-size", type=positive_int, default=DEFAULT_VOCAB, metavar="N",
                    help=f"joint BPE vocabulary (default {DEFAULT_VOCAB})")
-    p.add_argument("--beam", type=_positive_int, default=1, help="beam size for the test translations (default 1)")
+    p.add_argument("--beam", type=positive_int, default=1, help="beam size for the test translations (default 1)")
     p.add_argument("--bins", default=DEFAULT_BINS, help=f"source-length bins in words (default {DEFAULT_BINS})")
-    p.add_argument("--jobs", type=_positive_int, default=1, metavar="N",
+    p.add_argument("--jobs", type=positive_int, default=1, metavar="N",
                    help="models trained at the same time, one process each (default 1: one after the other, "
                         "so each model has the machine to itself)")
     _add_threads_argument(p)

@@ -846,7 +846,9 @@ def _to_json(res: PositionsResult) -> dict:
 def register(subparsers) -> argparse.ArgumentParser:
     """Add ``experiment positions`` to the CLI."""
     from ..cli import command_group
-    from ..translate import _add_threads_argument, _positive_float, _positive_int
+    from .._argtypes import positive_float
+    from .._argtypes import positive_int as _positive_count
+    from ..translate import _add_threads_argument
 
     group = command_group(subparsers, "experiment", help="reproduce published claims (tasks: bahdanau-length, positions)")
     p = group.add_parser(
@@ -867,21 +869,21 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="output directory (default runs/positions)")
     p.add_argument("--schemes", default=",".join(SCHEMES),
                    help=f"comma-separated positional schemes (default {','.join(SCHEMES)}; 'none' is also valid)")
-    p.add_argument("--minutes", type=_positive_float, default=3.0, help="training minutes per scheme (default 3)")
-    p.add_argument("--steps", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--minutes", type=positive_float, default=3.0, help="training minutes per scheme (default 3)")
+    p.add_argument("--steps", type=_positive_count, default=None, metavar="N",
                    help="also stop each scheme after N optimizer steps (default: minutes only)")
-    p.add_argument("--length", type=_positive_int, default=64, metavar="L",
+    p.add_argument("--length", type=_positive_count, default=64, metavar="L",
                    help="training length L in tokens; evaluated at L, 2L, 4L (default 64)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initialization and data order (default 0)")
     p.add_argument("--language", choices=sorted(LANGUAGES), default="en", help="side of the pairs (default en)")
-    p.add_argument("--vocab-size", type=_positive_int, default=2000, metavar="N", help="BPE vocabulary (default 2000)")
-    p.add_argument("--batch-size", type=_positive_int, default=32, metavar="N", help="windows per step (default 32)")
-    p.add_argument("--lr", type=_positive_float, default=1e-3, help="peak learning rate (default 1e-3)")
-    p.add_argument("--d-model", type=_positive_int, default=MODEL_DEFAULTS["d_model"], metavar="N",
+    p.add_argument("--vocab-size", type=_positive_count, default=2000, metavar="N", help="BPE vocabulary (default 2000)")
+    p.add_argument("--batch-size", type=_positive_count, default=32, metavar="N", help="windows per step (default 32)")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="peak learning rate (default 1e-3)")
+    p.add_argument("--d-model", type=_positive_count, default=MODEL_DEFAULTS["d_model"], metavar="N",
                    help=f"model width (default {MODEL_DEFAULTS['d_model']}; FFN is 4x)")
-    p.add_argument("--layers", type=_positive_int, default=MODEL_DEFAULTS["num_layers"], metavar="N",
+    p.add_argument("--layers", type=_positive_count, default=MODEL_DEFAULTS["num_layers"], metavar="N",
                    help=f"decoder layers (default {MODEL_DEFAULTS['num_layers']})")
-    p.add_argument("--heads", type=_positive_int, default=MODEL_DEFAULTS["num_heads"], metavar="N",
+    p.add_argument("--heads", type=_positive_count, default=MODEL_DEFAULTS["num_heads"], metavar="N",
                    help=f"attention heads (default {MODEL_DEFAULTS['num_heads']})")
     p.add_argument("--plot", metavar="PATH", type=Path, default=None,
                    help="where to save the plot (default OUT/positions.png)")
