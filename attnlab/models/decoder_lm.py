@@ -39,10 +39,10 @@ from torch import nn
 
 from .._checks import check_positive_int, check_probability, fmt_shape
 from ..nn import POSITIONAL, MultiheadAttention, build_positional
+from .transformer import ACTIVATIONS, FeedForward
 
 __all__ = ["DecoderLMConfig", "DecoderLM", "DecoderLayer", "ACTIVATIONS", "CAUSAL_DEFAULTS"]
 
-ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
 #: Schemes whose parameters the papers share across layers (one module for the stack).
 SHARED_ACROSS_LAYERS = frozenset({"t5"})
 #: Options a causal model needs unless ``positional_options`` says otherwise: T5's decoder
@@ -147,20 +147,6 @@ class DecoderLMConfig:
             self.positional, num_heads=self.num_heads, head_dim=self.head_dim, d_model=self.d_model,
             max_len=self.max_len, **options,
         )
-
-
-class FeedForward(nn.Module):
-    """``W_2 dropout(act(W_1 x + b_1)) + b_2``. Shape: (..., d_model) -> (..., d_model)."""
-
-    def __init__(self, d_model: int, ffn_dim: int, dropout: float, activation: str):
-        super().__init__()
-        self.w1 = nn.Linear(d_model, ffn_dim)
-        self.w2 = nn.Linear(ffn_dim, d_model)
-        self.act = ACTIVATIONS[activation]
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(self.dropout(self.act(self.w1(x))))
 
 
 class DecoderLayer(nn.Module):
