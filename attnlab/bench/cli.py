@@ -18,6 +18,7 @@ import os
 import sys
 from typing import Sequence
 
+from .._argtypes import positive_int
 from .scenarios import SCENARIOS
 
 __all__ = ["register", "run", "main", "CHOICES"]
@@ -34,21 +35,11 @@ def _add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help=f"one of: {', '.join(CHOICES)} ('list' describes them)")
     p.add_argument("--quick", action="store_true", help="a smaller shape of the same scenario (under a minute)")
     p.add_argument("--json", metavar="PATH", help='also write {"scenario", "rows": [{"impl", "seconds", "peak_mib"}]}')
-    p.add_argument("--repeats", type=_positive_int, metavar="N", help="timed calls per row (median reported)")
+    p.add_argument("--repeats", type=positive_int, metavar="N", help="timed calls per row (median reported)")
     p.add_argument("--plot", metavar="PATH", help="complexity only: save the log-log plot (PNG, PDF, SVG)")
     p.add_argument("--strict", action="store_true", help="exit with status 3 when a target is missed")
     p.set_defaults(func=run)
     return p
-
-
-def _positive_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--repeats must be a positive integer, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"--repeats must be >= 1, got {n}")
-    return n
 
 
 def register(subparsers) -> argparse.ArgumentParser:
