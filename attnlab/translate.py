@@ -79,10 +79,17 @@ MODEL_NAMES = ("rnnsearch", "rnnenc", "seq2seq", "luong", "transformer")
 #: Models that read no attention weights (nothing to draw as an alignment).
 ATTENTION_FREE = frozenset({"rnnenc", "seq2seq"})
 DEFAULT_VOCAB = 2000
+#: Training sources of :func:`attnlab.data.corpus_de_en.load_corpus`; held-out pairs always
+#: come from the everyday sentences ("ding-sentences").
+CORPUS_SOURCES = ("ding-sentences", "ding-words", "debian-descriptions", "gettext")
 DEFAULT_MINUTES = 10.0
 DEMO_MODELS = ("rnnsearch", "rnnenc")
 DEMO_SENTENCES = ("Ich möchte dir helfen.",)
 _MAX_DECODE_LEN = 250
+#: Models shipped inside the package (``attnlab/pretrained/<dir>``), by the name
+#: ``--checkpoint`` accepts; the first is the default of ``translate`` and ``evaluate``.
+PRETRAINED = {"transformer": "de_en_transformer", "rnnsearch": "de_en_rnnsearch"}
+PRETRAINED_ROOT = Path(__file__).resolve().parent / "pretrained"
 
 
 # ----------------------------------------------------------------------------- settings
@@ -106,6 +113,22 @@ class DataSettings:
     test: int = 1000
     split_seed: int = 0
     max_len: int = 64
+    sources: tuple[str, ...] = ("ding-sentences",)
+    sentence_repeat: int = 1
+
+    def __post_init__(self):
+        # run.json stores the tuple as a JSON list; keep the settings hashable and comparable.
+        sources = (self.sources,) if isinstance(self.sources, str) else tuple(self.sources)
+        object.__setattr__(self, "sources", sources)
+        unknown = [s for s in sources if s not in CORPUS_SOURCES]
+        if not sources or unknown:
+            raise ValueError(
+                f"sources must name training sources from {', '.join(CORPUS_SOURCES)}, got {list(sources)}"
+            )
+        if "ding-sentences" not in sources:
+            raise ValueError("sources must include 'ding-sentences' (the everyday sentences the model is tested on)")
+        if isinstance(self.sentence_repeat, bool) or not isinstance(self.sentence_repeat, int) or self.sentence_repeat < 1:
+            raise ValueError(f"sentence_repeat must be a positive int, got {self.sentence_repeat!r}")
 
 
 @dataclass(frozen=True)
@@ -137,6 +160,7 @@ class TrainOptions:
     valid_sentences: int = 500
     seed: int = 0
     quiet: bool = False
+    patience: int | None = None
 
 
 #: Per-model ``lr``, ``schedule``, ``warmup`` when :class:`TrainOptions` leaves them None.
@@ -173,12 +197,19 @@ def _cached_pairs(path: str, strict: bool, mtime_ns: int) -> tuple:
     return tuple(load_pairs(path, strict=strict))
 
 
-def load_splits(settings: DataSettings = DataSettings()) -> dict[str, list[tuple[str, str]]]:
+def load_splits(settings: DataSettings = DataSettings(), *, held_out_only: bool = False) -> dict[str, list[tuple[str, str]]]:
     """``{"train", "valid", "test"}`` sentence pairs for ``settings``.
 
     The default file is installed on demand from the Debian package ``trans-de-en``
     (:func:`attnlab.data.debian.ensure_debian_package`). Parsed files are cached in the
     process (keyed by path and modification time), so the demo parses the 25 MB file once.
+
+    ``valid`` and ``test`` are always the everyday sentences' held-out splits. With more
+    ``settings.sources`` than the everyday sentences, ``train`` is the combined corpus of
+    :func:`attnlab.data.corpus_de_en.load_corpus` (which keeps every held-out sentence out of
+    every source), with the everyday sentences repeated ``settings.sentence_repeat`` times.
+    ``held_out_only=True`` skips the training sources (``train`` is empty): what
+    ``evaluate`` needs.
     """
     from .data.de_en import split_pairs
 
@@ -190,7 +221,28 @@ def load_splits(settings: DataSettings = DataSettings()) -> dict[str, list[tuple
     if not path.is_file():
         raise FileNotFoundError(f"--data {settings.path}: no such file (a Ding-format dictionary is expected)")
     pairs = list(_cached_pairs(str(path), settings.strict, path.stat().st_mtime_ns))
-    return split_pairs(pairs, valid=settings.valid, test=settings.test, seed=settings.split_seed)
+    splits = split_pairs(pairs, valid=settings.valid, test=settings.test, seed=settings.split_seed)
+    if held_out_only:
+        return {**splits, "train": []}
+    if settings.sources == ("ding-sentences",):
+        if settings.sentence_repeat > 1:
+            splits["train"] = list(splits["train"]) * settings.sentence_repeat
+        return splits
+    from .data.corpus_de_en import load_corpus
+
+    corpus = load_corpus(settings.sources, ding_path=str(path))
+    if [tuple(p) for p in corpus.test] != [tuple(p) for p in splits["test"]] or [
+        tuple(p) for p in corpus.valid
+    ] != [tuple(p) for p in splits["valid"]]:
+        raise ValueError(
+            "the combined corpus's valid/test splits differ from the everyday sentences' split; "
+            "a run on it could not be compared with the others (were --valid-size/--test-size/--lenient changed?)"
+        )
+    train = []
+    for pair in corpus.train:
+        repeat = settings.sentence_repeat if pair.source == "ding-sentences" else 1
+        train.extend([(pair.de, pair.en)] * repeat)
+    return {**splits, "train": train}
 
 
 def train_tokenizer(train_pairs: Sequence[tuple[str, str]], vocab_size: int = DEFAULT_VOCAB) -> "SubwordTokenizer":
@@ -468,7 +520,7 @@ def _resolve_checkpoint(path) -> tuple[Path, Path]:
     """``(checkpoint directory, run directory)`` for a run directory or a checkpoint in one."""
     from .train.checkpoint import STATE_JSON
 
-    p = Path(path)
+    p = pretrained_path(str(path)) if str(path) in PRETRAINED and not Path(path).exists() else Path(path)
     if not p.exists():
         raise FileNotFoundError(
             f"--checkpoint {path}: no such directory; train a model first with "
@@ -485,6 +537,64 @@ def _resolve_checkpoint(path) -> tuple[Path, Path]:
         f"--checkpoint {path}: no checkpoint inside (expected best/ or last/ written by "
         "`attnlab train translate`)"
     )
+
+
+def pretrained_path(name: str = "transformer") -> Path:
+    """The directory of the shipped model ``name`` (a key of :data:`PRETRAINED`); it holds
+    ``run.json``, ``tokenizer.json`` and ``best/`` like any run directory."""
+    if name not in PRETRAINED:
+        raise ValueError(f"unknown shipped model {name!r}; shipped models: {', '.join(PRETRAINED)}")
+    path = PRETRAINED_ROOT / PRETRAINED[name]
+    if not (path / RUN_FILE).is_file():
+        raise FileNotFoundError(
+            f"the shipped {name} model is missing from this installation ({path}); reinstall attnlab, "
+            f"or train one: attnlab train translate --model {name} --out runs/{name}"
+        )
+    return path
+
+
+def _default_checkpoint() -> Path:
+    return pretrained_path(next(iter(PRETRAINED)))
+
+
+def export_translator(checkpoint, out, *, dtype: str = "float16", scores: dict | None = None) -> Path:
+    """Write the model of a training run as a small, inference-only run directory.
+
+    ``out`` receives ``run.json`` (the run's record, plus ``"exported"``: source, dtype and
+    ``scores`` such as the test BLEU it was measured at), ``tokenizer.json`` and ``best/``
+    (weights in ``dtype``, no optimizer state; :meth:`Translator.load` casts them back
+    to float32). This is how the models under ``attnlab/pretrained`` were made.
+    """
+    import torch
+
+    from .train.checkpoint import save_checkpoint
+
+    dtypes = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+    if dtype not in dtypes:
+        raise ValueError(f"dtype must be one of {', '.join(dtypes)}, got {dtype!r}")
+    ckpt_dir, run_dir = _resolve_checkpoint(checkpoint)
+    record = read_run(run_dir)
+    translator = Translator.load(checkpoint)
+    out = Path(out)
+    if out.resolve() == run_dir.resolve():
+        raise ValueError(f"--out {out} is the run directory itself; export into a new directory")
+    out.mkdir(parents=True, exist_ok=True)
+    translator.tokenizer.save(out)
+    model = translator.model.to(dtypes[dtype])
+    try:
+        save_checkpoint(out / "best", model, config=read_checkpoint_config(ckpt_dir),
+                        state={"exported_from": str(ckpt_dir)})
+    finally:
+        translator.model.float()
+    record = {**record, "exported": {"from": str(ckpt_dir), "dtype": dtype, "scores": dict(scores or {})}}
+    write_json_atomic(record, out / RUN_FILE)
+    return out
+
+
+def read_checkpoint_config(ckpt_dir) -> dict:
+    from .train.checkpoint import read_checkpoint
+
+    return read_checkpoint(ckpt_dir).config
 
 
 def plot_alignment(translation: Translation, path, *, title: str | None = None):
@@ -704,6 +814,7 @@ def train_translation(
         checkpoint_every=options.eval_every,
         select_metric="bleu",
         higher_is_better=True,
+        patience=options.patience,
         seed=options.seed,
         unit="tok",
         quiet=options.quiet,
@@ -1019,6 +1130,23 @@ def _add_data_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"pairs held out for validation (default {DataSettings.valid})")
     g.add_argument("--test-size", type=positive_int, default=DataSettings.test, metavar="N",
                    help=f"pairs held out for the test scores (default {DataSettings.test})")
+    g.add_argument("--sources", type=_sources_arg, default=DataSettings.sources, metavar="LIST",
+                   help="comma-separated training sources, or 'all': " + ", ".join(CORPUS_SOURCES)
+                   + " (default ding-sentences: the everyday sentences only; valid/test are always everyday sentences)")
+    g.add_argument("--sentence-repeat", type=positive_int, default=DataSettings.sentence_repeat, metavar="N",
+                   help="repeat the everyday training sentences N times among the other sources (default 1)")
+
+
+def _sources_arg(text: str) -> tuple[str, ...]:
+    names = CORPUS_SOURCES if text.strip() == "all" else tuple(t.strip() for t in text.split(",") if t.strip())
+    unknown = [n for n in names if n not in CORPUS_SOURCES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown source(s) {', '.join(unknown) or repr(text)}; valid: all, {', '.join(CORPUS_SOURCES)}"
+        )
+    if "ding-sentences" not in names:
+        names = ("ding-sentences", *names)
+    return names
 
 
 def _add_training_arguments(p: argparse.ArgumentParser, *, minutes_help: str):
@@ -1033,6 +1161,8 @@ def _add_training_arguments(p: argparse.ArgumentParser, *, minutes_help: str):
     g.add_argument("--valid-sentences", type=positive_int, default=TrainOptions.valid_sentences, metavar="N",
                    help=f"valid sentences decoded at each validation (default {TrainOptions.valid_sentences})")
     g.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the initial weights and data order")
+    g.add_argument("--patience", type=positive_int, default=None, metavar="N",
+                   help="stop early after N validations in a row without a better validation BLEU")
     g.add_argument("--quiet", action="store_true", help="no progress bar or validation lines")
     _add_threads_argument(g)
     return g
@@ -1091,8 +1221,9 @@ def register(subparsers) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("sentences", nargs="+", metavar="SENTENCE", help="German text (quote each sentence)")
-    p.add_argument("--checkpoint", metavar="DIR", type=Path, required=True,
-                   help="run directory (uses best/, else last/) or one checkpoint directory in it")
+    p.add_argument("--checkpoint", metavar="DIR", type=Path, default=None,
+                   help="run directory (uses best/, else last/), one checkpoint directory in it, or a shipped "
+                        f"model: {', '.join(PRETRAINED)} (default: the shipped {next(iter(PRETRAINED))})")
     p.add_argument("--beam", type=positive_int, default=1, help="beam size (default 1: greedy)")
     p.add_argument("--max-len", type=positive_int, metavar="N",
                    help="most output pieces per sentence (default 2 x source pieces + 10)")
@@ -1108,7 +1239,9 @@ def register(subparsers) -> argparse.ArgumentParser:
         epilog="example:\n  attnlab evaluate --checkpoint runs/rnnsearch --json scores.json --beam 5",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--checkpoint", metavar="DIR", type=Path, required=True, help="run directory")
+    p.add_argument("--checkpoint", metavar="DIR", type=Path, default=None,
+                   help=f"run directory, or a shipped model: {', '.join(PRETRAINED)} "
+                        f"(default: the shipped {next(iter(PRETRAINED))})")
     p.add_argument("--split", choices=("test", "valid"), default="test", help="held-out split (default test)")
     p.add_argument("--beam", type=positive_int, default=1, help="beam size (default 1: greedy)")
     p.add_argument("--max-len", type=positive_int, metavar="N",
@@ -1117,6 +1250,23 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--hypotheses", metavar="PATH", type=Path, help="write the translations, one per line")
     _add_threads_argument(p)
     p.set_defaults(func=run_evaluate)
+
+    export = command_group(subparsers, "export", help="write a trained model as a small inference-only directory")
+    p = export.add_parser(
+        "translate",
+        help="export a translation run (best checkpoint, tokenizer, run.json) with half-precision weights",
+        description="Write the best checkpoint of a translation run as an inference-only run directory\n"
+        "(weights in --dtype, no optimizer state) that `attnlab translate --checkpoint OUT` loads.",
+        epilog="example:\n  attnlab export translate --checkpoint runs/transformer --out models/transformer",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--checkpoint", metavar="DIR", type=Path, required=True, help="run directory")
+    p.add_argument("--out", metavar="DIR", type=Path, required=True, help="directory to write")
+    p.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16",
+                   help="weight precision (default float16: half the size, same translations to within rounding)")
+    p.add_argument("--scores", metavar="JSON", type=Path,
+                   help="a JSON file of `attnlab evaluate --json` to record in the exported run.json")
+    p.set_defaults(func=run_export)
 
     demo = command_group(subparsers, "demo", help="demonstrations that train, compare and report: attnlab demo TASK")
     p = demo.add_parser(
@@ -1143,7 +1293,9 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def _data_settings(args) -> DataSettings:
-    return DataSettings(path=str(args.data), strict=not args.lenient, valid=args.valid_size, test=args.test_size)
+    return DataSettings(path=str(args.data), strict=not args.lenient, valid=args.valid_size, test=args.test_size,
+                        sources=getattr(args, "sources", DataSettings.sources),
+                        sentence_repeat=getattr(args, "sentence_repeat", DataSettings.sentence_repeat))
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -1154,6 +1306,7 @@ def run_train(args: argparse.Namespace) -> int:
         minutes=minutes, steps=args.steps, epochs=args.epochs, batch_tokens=args.batch_tokens, lr=args.lr,
         schedule=args.schedule, warmup=args.warmup, label_smoothing=args.label_smoothing,
         eval_every=args.eval_every, valid_sentences=args.valid_sentences, seed=args.seed, quiet=args.quiet,
+        patience=args.patience,
     )
     sizes = None
     size_flags = {k: getattr(args, k) for k in ("width", "params", "layers", "heads", "dropout")}
@@ -1200,6 +1353,8 @@ def run_translate(args: argparse.Namespace) -> int:
             raise ValueError(f'{which}; give German text, e.g. attnlab translate --checkpoint DIR "Ich möchte dir helfen."')
     check_output_path(args.heatmap, "--heatmap")
     _set_threads(args)
+    if args.checkpoint is None:
+        args.checkpoint = _default_checkpoint()
     translator = Translator.load(args.checkpoint)
     results = translator.translate(args.sentences, beam=args.beam, max_len=args.max_len)
     for t in results:
@@ -1224,11 +1379,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
     """``attnlab evaluate``."""
     check_output_path(args.json, "--json")
     check_output_path(args.hypotheses, "--hypotheses")
+    if args.checkpoint is None:
+        args.checkpoint = _default_checkpoint()
     ckpt_dir, run_dir = _resolve_checkpoint(args.checkpoint)
     record = read_run(run_dir)
     _set_threads(args)
     translator = Translator.load(args.checkpoint)
-    splits = load_splits(DataSettings(**record["data"]))
+    splits = load_splits(DataSettings(**record["data"]), held_out_only=True)
     pairs = splits[args.split]
     scores = evaluate_translator(translator, pairs, beam=args.beam, max_len=args.max_len)
     print(f"{translator.name} ({ckpt_dir}) on {scores['sentences']} {args.split} sentences, "
@@ -1240,6 +1397,20 @@ def run_evaluate(args: argparse.Namespace) -> int:
                            "sentences": int(scores["sentences"])}, args.json)
     if args.hypotheses is not None:
         args.hypotheses.write_text("".join(h + "\n" for h in scores["hypotheses"]), encoding="utf-8")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """``attnlab export translate``."""
+    scores = None
+    if args.scores is not None:
+        try:
+            scores = json.loads(Path(args.scores).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"--scores {args.scores}: not a readable JSON file ({exc})") from None
+    out = export_translator(args.checkpoint, args.out, dtype=args.dtype, scores=scores)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"exported {args.checkpoint} to {out} ({size / 2**20:.1f} MiB, {args.dtype} weights)")
     return 0
 
 
