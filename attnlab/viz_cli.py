@@ -229,12 +229,16 @@ def load_attention(model: str, text: str, *, seed: int = 0) -> ViewerInput:
     if not isinstance(model, str):
         raise TypeError(f"model must be a str (a name or a checkpoint directory), got {type(model).__name__}")
     text = _check_text(text)
+    from .translate import PRETRAINED, pretrained_path
+
     if model in SOURCES:
         return SOURCES[model](text, seed=seed)
     if Path(model).exists():
         return checkpoint_attention(model, text)
+    if model in PRETRAINED:
+        return checkpoint_attention(pretrained_path(model), text)
     raise ValueError(
-        f"unknown model {model!r}: give one of {', '.join(SOURCES)}, or the directory of a translation run "
+        f"unknown model {model!r}: give one of {', '.join([*SOURCES, *PRETRAINED])}, or the directory of a translation run "
         f"(attnlab train translate --out DIR); no file or directory {model!r} exists"
     )
 
@@ -243,7 +247,9 @@ def load_attention(model: str, text: str, *, seed: int = 0) -> ViewerInput:
 
 
 def _default_out(model: str) -> Path:
-    if model in SOURCES:
+    from .translate import PRETRAINED
+
+    if model in SOURCES or (model in PRETRAINED and not Path(model).exists()):
         stem = model
     else:
         p = Path(model).resolve()
@@ -266,6 +272,9 @@ def register(subparsers) -> argparse.ArgumentParser:
             "MODEL_OR_CHECKPOINT:\n"
             "  minilm   the pretrained all-MiniLM-L6-v2 BERT (6 layers x 12 heads)\n"
             "  random   seeded random multi-head attention layers (a demo)\n"
+            "  transformer, rnnsearch\n"
+            "           the German-English translation models shipped with attnlab: translates the text\n"
+            "           greedily and shows the source-target alignment\n"
             "  DIR      a translation run (attnlab train translate --out DIR) or its best/ or last/:\n"
             "           translates the text greedily and shows the source-target alignment"
         ),
@@ -276,7 +285,8 @@ def register(subparsers) -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("model", metavar="MODEL_OR_CHECKPOINT", help="minilm, random, or a translation run directory")
+    p.add_argument("model", metavar="MODEL_OR_CHECKPOINT",
+                   help="minilm, random, transformer, rnnsearch, or a translation run directory")
     p.add_argument("text", help="the text to look at (quote it)")
     p.add_argument("--out", metavar="PATH", type=Path, default=None,
                    help="where to write the page (default: attention-<model>.html in the current directory)")

@@ -170,3 +170,17 @@ def test_combined_sources_take_train_from_the_corpus_and_check_its_held_out_spli
     corpus.test = tuple(everyday["test"][:-1])
     with pytest.raises(ValueError, match="valid/test splits differ"):
         tr.load_splits(settings)
+
+
+def test_viz_names_the_shipped_models(run_dir, tmp_path, monkeypatch):
+    from attnlab import viz_cli
+
+    root = tmp_path / "pretrained"
+    tr.export_translator(run_dir, root / tr.PRETRAINED["transformer"])
+    monkeypatch.setattr(tr, "PRETRAINED_ROOT", root)
+    shipped = viz_cli.load_attention("transformer", SENTENCE)
+    direct = viz_cli.load_attention(str(root / tr.PRETRAINED["transformer"]), SENTENCE)
+    assert shipped.query_tokens == direct.query_tokens and shipped.key_tokens == direct.key_tokens
+    torch.testing.assert_close(shipped.layers[0]["heads"], direct.layers[0]["heads"])
+    with pytest.raises(FileNotFoundError, match="shipped rnnsearch model is missing"):
+        viz_cli.load_attention("rnnsearch", SENTENCE)
