@@ -51,6 +51,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "attnlab.experiments.positions",
     "attnlab.embed",
     "attnlab.viz_cli",
+    "attnlab.recommend",
     "attnlab.bench.cli",
 )
 
