@@ -52,6 +52,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "attnlab.embed",
     "attnlab.viz_cli",
     "attnlab.recommend",
+    "attnlab.speech",
     "attnlab.bench.cli",
 )
 
