@@ -707,6 +707,7 @@ def train_translation(
 
     from .data.de_en import encode_pairs, make_batches
     from .data.tokenizer import SubwordTokenizer
+    from .distributed import barrier, get_world_size, is_main_process
     from .models.registry import build_config, count_parameters, model_from_config
     from .train.loop import TrainConfig, Trainer, make_scheduler
     from .train.metrics import corpus_bleu, corpus_chrf, label_smoothed_cross_entropy
@@ -735,15 +736,22 @@ def train_translation(
             )
         if model is None:
             raise ValueError("model is required for a new run")
+        # Under torchrun every rank has checked --out before rank 0 writes into it, and every
+        # rank then uses rank 0's tokenizer (one vocabulary, whatever BPE's tie-breaking does).
+        barrier()
         if splits is None:
             splits = load_splits(data)
-        if tokenizer is None:
-            tokenizer = train_tokenizer(splits["train"], vocab_size)
+        if is_main_process():
+            if tokenizer is None:
+                tokenizer = train_tokenizer(splits["train"], vocab_size)
+            out.mkdir(parents=True, exist_ok=True)
+            tokenizer.save(out)
+        barrier()
+        if not is_main_process():
+            tokenizer = SubwordTokenizer.load(out)
         sizes = dict(model_sizes(model, tokenizer.vocab_size) if sizes is None else sizes)
         sizes.update(src_vocab=tokenizer.vocab_size, tgt_vocab=tokenizer.vocab_size, pad_id=tokenizer.pad_id)
         config = build_config(model, **sizes)
-        out.mkdir(parents=True, exist_ok=True)
-        tokenizer.save(out)
     torch.manual_seed(options.seed)  # fixes the initial weights; the trainer seeds the rest
     net = model_from_config(config)
     n_params = count_parameters(net)
@@ -757,8 +765,10 @@ def train_translation(
         "train": dataclasses.asdict(options),
         "train_pairs": len(splits["train"]),
         "threads": torch.get_num_threads(),
+        "processes": get_world_size(),
     }
-    write_json_atomic(record, out / RUN_FILE)
+    if is_main_process():
+        write_json_atomic(record, out / RUN_FILE)
 
     tok = tokenizer
     pad = tok.pad_id
@@ -1334,6 +1344,10 @@ def run_train(args: argparse.Namespace) -> int:
         splits = None
     run = train_translation(args.out, args.model, sizes=sizes, options=options, data=data, vocab_size=args.vocab_size,
                             resume=args.resume, splits=splits, tokenizer=tokenizer)
+    from .distributed import is_main_process
+
+    if not is_main_process():  # under torchrun, rank 0 speaks for the run
+        return 130 if run.result.stop_reason == "interrupted" else 0
     print(_summary_line(run))
     if run.result.stop_reason == "interrupted":
         return 130

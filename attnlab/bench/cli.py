@@ -3,6 +3,7 @@
     attnlab bench list
     attnlab bench window [--quick] [--json PATH] [--repeats N]
     attnlab bench complexity [--quick] [--plot PATH] [--json PATH]
+    attnlab bench ring [--quick] [--json PATH] [--repeats N]
 
 Wired into ``attnlab`` through :func:`register`; ``python -m attnlab.bench.cli`` runs
 it on its own. Exit status: 0 when every row was measured (targets are reported as
@@ -23,7 +24,7 @@ from .scenarios import SCENARIOS
 
 __all__ = ["register", "run", "main", "CHOICES"]
 
-CHOICES: tuple[str, ...] = (*SCENARIOS, "complexity", "list")
+CHOICES: tuple[str, ...] = (*SCENARIOS, "complexity", "ring", "list")
 
 EXIT_FAILED = 1  # a row could not be measured (and ValueError from bad arguments)
 EXIT_MISS = 3  # --strict and a target was missed
@@ -58,6 +59,7 @@ def _list(console) -> int:
     from rich.table import Table
 
     from .complexity import SHAPES as CSHAPES
+    from .ring import SHAPES as RSHAPES
 
     t = Table(title="attnlab bench scenarios")
     for col in ("scenario", "what", "full shape", "targets"):
@@ -68,6 +70,9 @@ def _list(console) -> int:
     cs = CSHAPES["full"]
     t.add_row("complexity", "time and memory against n per layer type (Vaswani et al. 2017, Table 1)",
               f"n={list(cs['ns'])}, d={cs['d']}, r={cs['r']}, k={cs['k']}", "fitted log-log exponents (--plot PATH)")
+    rs = RSHAPES["full"]
+    t.add_row("ring", "causal ring attention on 1, 2, 4 processes: time and per-rank peak memory against L",
+              f"L={list(rs['Ls'])}, B={rs['B']}, H={rs['H']}, D={rs['D']}", "per-rank memory falls as ranks grow")
     console.print(t)
     return 0
 
@@ -119,6 +124,17 @@ def run(args: argparse.Namespace) -> int:
                 harness.write_json(complexity_json(report), args.json)
                 console.print(f"figures written to {args.json}")
             return EXIT_FAILED if report.errors else 0
+
+        if args.scenario == "ring":
+            from .ring import render_ring, ring_json, run_ring
+
+            with prog:
+                ring_report = run_ring(shape, repeats=args.repeats, progress=update)
+            render_ring(ring_report, console)
+            if args.json:
+                harness.write_json(ring_json(ring_report), args.json)
+                console.print(f"figures written to {args.json}")
+            return EXIT_FAILED if ring_report.errors else 0
 
         scenario = SCENARIOS[args.scenario]
         with prog:

@@ -27,8 +27,20 @@ never holds half an update. An interrupt anywhere else abandons the step (or val
 in progress, rewinds the RNGs to the last step boundary, saves ``last/`` and returns with
 ``stop_reason == "interrupted"`` after printing how to resume.
 
-Distributed training (later): everything that writes (log, progress bar, checkpoints,
-messages) goes through ``self.is_main``, set once from :func:`is_main_process`.
+Distributed data parallel. Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) the
+trainer joins the process group (:func:`attnlab.distributed.ddp.init_from_env`: gloo on
+CPU, nccl on CUDA), wraps the model in ``DistributedDataParallel`` and gives each rank its
+contiguous slice of every *global* batch (:func:`attnlab.distributed.ddp.shard_batch`), so
+``batches`` stays the same function and N processes take the same steps as one. Each
+rank's loss is weighted so that DDP's gradient average is the global mean: by
+``count * world / global_count`` when ``loss_fn`` returns ``(loss, count)`` (a token-mean
+over the whole batch), by ``rows * world / global_rows`` otherwise. The logged loss and
+count are the global ones, so the log reads as the single-process run's would (to float
+rounding). Everything that writes (log, progress bar, checkpoints, messages) goes through
+``self.is_main`` (rank 0): ``validate`` runs on rank 0 only and its metrics are broadcast,
+so early stopping agrees; checkpoints hold the unwrapped model and every rank's RNG
+states, ``resume`` loads on all ranks. ``loss_fn`` must call ``model(...)`` (its forward)
+for gradients to be averaged; a ``loss_fn`` that does not is an error under DDP.
 """
 
 from __future__ import annotations
@@ -50,6 +62,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from .._checks import check_positive_int
+from ..distributed import ddp as _ddp
 from .checkpoint import (
     CheckpointManager,
     capture_rng_state,
@@ -390,7 +403,14 @@ class Trainer:
         self.model_config = model_config if model_config is not None else getattr(model, "config", None)
         self.resume_hint = resume_hint
         self.checkpoints = CheckpointManager(self.run_dir)
+        _ddp.init_from_env()  # under torchrun: join the process group (idempotent)
         self.is_main = is_main_process()
+        self.world = _ddp.get_world_size()
+        self.rank = _ddp.get_rank()
+        # Every rank builds the wrapper (a collective that broadcasts rank 0's weights);
+        # self.model stays the plain module, so checkpoints have no "module." prefix.
+        self._ddp_model = _ddp.wrap_model(model) if self.world > 1 else None
+        self._agreed_seconds = 0.0  # train seconds all ranks agree on (max_minutes)
         self.progress = _Progress()
         self.last_metrics: dict | None = None
         self._guard = _InterruptGuard()
@@ -451,6 +471,8 @@ class Trainer:
             if not isinstance(saved, dict):
                 raise ValueError(f"checkpoint {last} was not written by Trainer (no 'progress' in its state)")
             self.progress = _Progress(**saved)
+            if self.world > 1:
+                self._restore_rank_rng(ckpt.state.get("rng_by_rank"))
         else:
             if last is not None or self.checkpoints.best() is not None:
                 raise FileExistsError(
@@ -458,12 +480,16 @@ class Trainer:
                     "or use another (or an emptied) run directory"
                 )
             self.progress = _Progress()
-            torch.manual_seed(cfg.seed)
-            random.seed(cfg.seed)
-            np.random.seed(cfg.seed)
+            # Each rank its own stream (dropout differs per shard, as it would across the
+            # rows of one process's batch); rank 0 matches a single-process run.
+            seed = cfg.seed + self.rank
+            torch.manual_seed(seed)
+            random.seed(seed)
+            np.random.seed(seed)
         self._snapshot = capture_rng_state()
         self._t0 = time.monotonic()
         self._seconds0 = self.progress.train_seconds
+        self._agreed_seconds = self.progress.train_seconds
         self._interval_t0 = self._t0
         self.model.train()
 
@@ -523,7 +549,8 @@ class Trainer:
             return "max_steps"
         if cfg.max_epochs is not None and p.epoch >= cfg.max_epochs:
             return "max_epochs"
-        if cfg.max_minutes is not None and self._train_seconds() >= 60.0 * cfg.max_minutes:
+        seconds = self._train_seconds() if self.world == 1 else self._agreed_seconds
+        if cfg.max_minutes is not None and seconds >= 60.0 * cfg.max_minutes:
             return "max_minutes"
         if cfg.patience is not None and p.bad_evals >= cfg.patience:
             return "early_stopping"
@@ -556,8 +583,11 @@ class Trainer:
     def _train_step(self, batch) -> None:
         p, cfg = self.progress, self.config
         self.optimizer.zero_grad(set_to_none=True)
-        loss, count = self._split_loss(self.loss_fn(self.model, batch))
-        value = loss.item()
+        if self.world == 1:
+            loss, count = self._split_loss(self.loss_fn(self.model, batch))
+            value = loss.item()
+        else:
+            loss, value, count = self._distributed_loss(batch)
         if not math.isfinite(value):
             raise FloatingPointError(
                 f"loss is {value} at step {p.step + 1} (epoch {p.epoch}); the update was not applied. "
@@ -586,7 +616,36 @@ class Trainer:
             if not self._bar.disable:
                 self._bar.set_postfix_str(self._postfix(), refresh=False)
 
-    def _split_loss(self, out) -> tuple[torch.Tensor, float]:
+    def _distributed_loss(self, batch) -> tuple[torch.Tensor, float, float]:
+        """This rank's share of the global batch: ``(weighted local loss, global loss
+        value, global count)``. DDP averages gradients over ranks, so weighting the local
+        mean by ``local_count * world / global_count`` makes that average the gradient of
+        the mean over the whole global batch (one all_reduce of three numbers)."""
+        rows = _ddp.batch_rows(batch)
+        start, stop = _ddp.shard_bounds(rows, self.rank, self.world)
+        local = _ddp.shard_batch(batch, self.rank, self.world)
+        ddp_model = self._ddp_model
+        calls = ddp_model.forward_calls
+        loss, count = self._split_loss(self.loss_fn(ddp_model, local), allow_zero_count=True)
+        if ddp_model.forward_calls == calls:
+            raise ValueError(
+                "under torchrun, loss_fn must call model(...) (its forward): DistributedDataParallel averages the "
+                "gradients of what runs through forward only, and this loss_fn never called it"
+            )
+        if not self._counted:
+            count = float(stop - start)  # rows: the loss is a mean over examples
+        stats = torch.tensor([loss.item() * count if count > 0 else 0.0, count, self._train_seconds()], dtype=torch.float64)  # sums over ranks
+        torch.distributed.all_reduce(stats)
+        total_loss, total_count, total_seconds = stats.tolist()
+        if not total_count > 0:
+            raise ValueError(f"the count returned by loss_fn must be > 0 over the global batch, got {total_count}")
+        self._agreed_seconds = total_seconds / self.world
+        weighted = loss * (count * self.world / total_count)
+        if self._counted:
+            return weighted, total_loss / total_count, total_count
+        return weighted, total_loss / total_count, 1.0
+
+    def _split_loss(self, out, *, allow_zero_count: bool = False) -> tuple[torch.Tensor, float]:
         if isinstance(out, tuple) and len(out) == 2:
             loss, count = out
             self._counted = True
@@ -599,7 +658,7 @@ class Trainer:
         if not loss.requires_grad:
             raise ValueError("the loss returned by loss_fn does not require grad (computed under no_grad or detached?)")
         count = float(count.item() if isinstance(count, torch.Tensor) else count)
-        if not count > 0:
+        if not (count > 0 or (allow_zero_count and count == 0)):
             raise ValueError(f"the count returned by loss_fn must be > 0, got {count}")
         return loss, count
 
@@ -661,7 +720,7 @@ class Trainer:
         a stop) is logged and may update ``best/``, but leaves patience and the RNGs as
         they were, so a run stopped there and resumed matches one that never stopped."""
         p, cfg = self.progress, self.config
-        metrics = self.validate()
+        metrics = self._run_validate()
         self.model.train()
         if not isinstance(metrics, Mapping):
             raise TypeError(f"validate() must return a dict of metrics, got {type(metrics).__name__}")
@@ -704,25 +763,64 @@ class Trainer:
         shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, (int, float)) else f"{k}={v}" for k, v in metrics.items())
         self._say(f"step {p.step} valid: {shown}{marker}")
 
+    def _run_validate(self):
+        """``validate()`` on rank 0; under DDP its result (or its failure) is broadcast so
+        that every rank makes the same best/patience decisions."""
+        if self.world == 1:
+            return self.validate()
+        outcome = None
+        if self.is_main:
+            try:
+                outcome = ("ok", self.validate())
+            except BaseException as exc:  # noqa: BLE001 - re-raised below on every rank
+                _ddp.broadcast_object(("error", f"{type(exc).__name__}: {exc}"))
+                raise
+        kind, value = _ddp.broadcast_object(outcome)
+        if kind == "error":
+            raise RuntimeError(f"validate() failed on rank 0: {value}")
+        return value
+
+    def _restore_rank_rng(self, states) -> None:
+        """Each rank resumes its own RNG stream when the checkpoint has one for it (same
+        number of processes); otherwise ranks > 0 start a fresh stream from (seed, step)."""
+        if isinstance(states, list) and len(states) == self.world:
+            restore_rng_state(states[self.rank])
+        elif self.rank > 0:
+            seed = (self.config.seed + self.rank) * 1_000_003 + self.progress.step
+            torch.manual_seed(seed)
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+
     # ---------------------------------------------------------------- saving and logging
 
-    def _save_last(self) -> None:
+    def _save_last(self, *, collective: bool = True) -> None:
+        """Rank 0 writes ``last/``; under DDP (``collective``) it gathers every rank's RNG
+        state first and the others wait at a barrier until the checkpoint is complete.
+        After Ctrl-C (``collective=False``: other ranks may be gone) rank 0 saves alone."""
         p = self.progress
         p.train_seconds = self._train_seconds()
+        state = {"progress": dataclasses.asdict(p), "train_config": dataclasses.asdict(self.config)}
+        distributed = self.world > 1 and collective
+        if distributed:
+            states = [None] * self.world
+            torch.distributed.all_gather_object(states, self._snapshot)
+            state["rng_by_rank"] = states
         if self.is_main:
             self.checkpoints.save_last(
                 self.model,
                 optimizer=self.optimizer,
                 scheduler=self.scheduler,
-                state={"progress": dataclasses.asdict(p), "train_config": dataclasses.asdict(self.config)},
+                state=state,
                 config=self.model_config,
             )
+        if distributed:
+            _ddp.barrier()
 
     def _on_interrupt(self) -> None:
         """Rewind to the last step boundary (the step in progress is dropped) and save."""
         p = self.progress
         restore_rng_state(self._snapshot)
-        self._save_last()
+        self._save_last(collective=False)
         self._event("interrupt")
         hint = self.resume_hint or "Trainer.fit(resume=True) with the same run_dir"
         if self.is_main:

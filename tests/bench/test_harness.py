@@ -446,7 +446,7 @@ def test_register_adds_bench_subcommand():
     args = parser.parse_args(["bench", "window", "--quick", "--json", "x.json", "--repeats", "4"])
     assert (args.command, args.scenario, args.quick, args.json, args.repeats) == ("bench", "window", True, "x.json", 4)
     assert args.func is cli.run
-    assert set(cli.CHOICES) == {*SCENARIOS, "complexity", "list"}
+    assert set(cli.CHOICES) == {*SCENARIOS, "complexity", "ring", "list"}
 
 
 @pytest.mark.parametrize("argv", [["nope"], ["window", "--repeats", "0"], ["window", "--repeats", "x"]])
