@@ -227,3 +227,24 @@ def build_additive_compiled(B: int, T: int, D: int, hidden: int, compile_backend
     xs = _additive_inputs(B, T, D, hidden)
     fn = torch.compile(additive_broadcast, backend=compile_backend, dynamic=False)
     return fwd_bwd(lambda: fn(*xs), list(xs))
+
+
+
+# --------------------------------------------------------------------------- normalizers
+
+
+def build_normalized_attnlab(B: int, H: int, L: int, D: int, normalizer: str = "sigmoid") -> Callable:
+    """:func:`attnlab.kernels.normalized.normalized_attention` (query-tiled sigmoid / ReLU)."""
+    from attnlab.kernels.normalized import normalized_attention
+
+    q, k, v = _leaves((B, H, L, D), (B, H, L, D), (B, H, L, D))
+    return fwd_bwd(lambda: normalized_attention(q, k, v, normalizer).output, [q, k, v])
+
+
+def build_normalized_reference(B: int, H: int, L: int, D: int, normalizer: str = "sigmoid") -> Callable:
+    """:func:`attnlab.functional.attend` with the same normalizer (dense ``(L, L)`` weights)."""
+    from attnlab.functional.attend import attend
+
+    q, k, v = _leaves((B, H, L, D), (B, H, L, D), (B, H, L, D))
+    return fwd_bwd(lambda: attend(q, k, v, normalizer=normalizer).output, [q, k, v])
+

@@ -96,9 +96,24 @@ def generate(model: TinyDecoder, prompt: torch.Tensor, tokens: int, *, cached: b
 
 
 def build_decode(
-    layers: int, d: int, heads: int, ff: int, vocab: int, prompt: int, tokens: int, cached: bool, batch: int = 1
+    layers: int,
+    d: int,
+    heads: int,
+    ff: int,
+    vocab: int,
+    prompt: int,
+    tokens: int,
+    cached: bool,
+    batch: int = 1,
+    threads: int | None = None,
 ) -> Callable[[], torch.Tensor]:
-    """``step()`` generates ``tokens`` tokens greedily (KV cache if ``cached``)."""
+    """``step()`` generates ``tokens`` tokens greedily (KV cache if ``cached``).
+
+    ``threads`` sets ``torch.set_num_threads`` for the process (the harness runs each
+    row in its own subprocess), to show what thread synchronization costs per token.
+    """
+    if threads is not None:
+        torch.set_num_threads(threads)
     model = TinyDecoder(vocab, d, heads, ff, layers, max_len=prompt + tokens).eval()
     start = torch.randint(0, vocab, (batch, prompt))  # (B, P)
 

@@ -102,6 +102,21 @@ def _shift_and_fill(x: torch.Tensor, mask: torch.Tensor | None, dim: int) -> tor
     return torch.where(mask, x - vmax, -_SPARSE_MASK_GAP)
 
 
+def _fresh(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``z`` if it is a new tensor the sparse maps may overwrite, else a copy.
+
+    :func:`_shift_and_fill` returns new tensors except for an empty ``dim``, where it
+    hands back its input (the caller's scores when no upcast happened)."""
+    return z.clone() if z is x or z.data_ptr() == x.data_ptr() else z
+
+
+def _mask_like(mask: torch.Tensor | None, z: torch.Tensor) -> torch.Tensor | None:
+    """The bool mask as z's dtype with leading 1s (multiplied into the output in place)."""
+    if mask is None:
+        return None
+    return mask.view((1,) * (z.dim() - mask.dim()) + tuple(mask.shape)).to(z.dtype)
+
+
 def _index_like(x: torch.Tensor, dim: int) -> torch.Tensor:
     """``1, 2, ..., n`` shaped to broadcast along ``dim`` of ``x``."""
     n = x.shape[dim]
@@ -133,36 +148,50 @@ def softmax(scores: torch.Tensor, mask: torch.Tensor | None = None, dim: int = -
 
 
 class _SparsemaxFunction(torch.autograd.Function):
-    """Exact sparsemax along ``dim`` with the closed-form backward; saves only the output."""
+    """Exact sparsemax along ``dim`` with the closed-form backward; saves only the output.
+
+    Memory: ``z`` is a temporary made by :func:`_shift_and_fill`, so the output is
+    written into it (``mark_dirty``); the sort keeps its values only (its int64
+    indices, twice the size of float32 scores, are dropped at once), the sorted copy
+    is reused for ``k z_(k)`` and the cumulative sums for ``tau``. Peak: about three
+    score-sized float tensors in the forward, one plus a bool in the backward.
+    """
 
     @staticmethod
-    def forward(ctx, z: torch.Tensor, dim: int) -> torch.Tensor:
+    def forward(ctx, z: torch.Tensor, dim: int, mask: torch.Tensor | None) -> torch.Tensor:
         ctx.dim = dim
         if z.shape[dim] == 0:
             ctx.save_for_backward(z)
             return z.clone()
-        z_srt, _ = torch.sort(z, dim=dim, descending=True)
-        k = _index_like(z_srt, dim)  # 1..n along dim
-        cssv = z_srt.cumsum(dim) - 1.0
+        z_srt = torch.sort(z, dim=dim, descending=True).values
+        cssv = z_srt.cumsum(dim).sub_(1.0)
         # k is in the support iff 1 + k z_(k) > sum_{j<=k} z_(j)
-        support = k * z_srt > cssv
-        k_z = support.sum(dim, keepdim=True).clamp(min=1)  # clamp: NaN input gives NaN, not an index error
-        tau = cssv.gather(dim, k_z - 1) / k_z.to(z.dtype)
-        y = torch.clamp(z - tau, min=0.0)
+        support = z_srt.mul_(_index_like(z_srt, dim)) > cssv
+        del z_srt
+        k_z = support.sum(dim, keepdim=True).clamp_(min=1)  # clamp: NaN input gives NaN, not an index error
+        del support
+        tau = cssv.gather(dim, k_z - 1).div_(k_z.to(z.dtype))
+        del cssv
+        y = z.sub_(tau).clamp_(min=0.0)
+        if mask is not None:
+            y.mul_(mask)  # fully masked rows (uniform before) become zeros
+        ctx.mark_dirty(z)
         ctx.save_for_backward(y)
         return y
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, dy: torch.Tensor):
         (y,) = ctx.saved_tensors
         dim = ctx.dim
         if y.shape[dim] == 0:
-            return dy.clone(), None
+            return dy.clone(), None, None
         supp = y > 0
-        dy = dy * supp
-        # Jacobian = diag(s) - s s^T / |S|: the gradient on the support minus its mean.
-        mean = dy.sum(dim, keepdim=True) / supp.sum(dim, keepdim=True).to(dy.dtype)
-        return torch.where(supp, dy - mean, torch.zeros_like(dy)), None
+        g = dy * supp
+        # Jacobian = diag(s) - s s^T / |S|: the gradient on the support minus its mean;
+        # a row with an empty support (fully masked) gets 0 / 1 = 0.
+        mean = g.sum(dim, keepdim=True).div_(supp.sum(dim, keepdim=True).clamp_(min=1).to(g.dtype))
+        return g.sub_(mean).mul_(supp), None, None
 
 
 def sparsemax(x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -186,50 +215,62 @@ def sparsemax(x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = Non
         weights on the simplex along ``dim`` (zeros for fully masked rows).
     """
     z, dim = _prepare(x, mask, dim, "x")
-    z = _shift_and_fill(z, mask, dim)
-    w = _SparsemaxFunction.apply(z, dim)
-    return _apply_mask(w, mask).to(x.dtype)
+    z = _fresh(_shift_and_fill(z, mask, dim), x)
+    w = _SparsemaxFunction.apply(z, dim, _mask_like(mask, z))
+    return w.to(x.dtype)
 
 
 # ---------------------------------------------------------------------------- entmax15
 
 
 class _Entmax15Function(torch.autograd.Function):
-    """Exact 1.5-entmax along ``dim`` (sort-based) with the closed-form backward."""
+    """Exact 1.5-entmax along ``dim`` (sort-based) with the closed-form backward.
+
+    Memory as :class:`_SparsemaxFunction`: output written into the temporary ``z``,
+    sort values only, running statistics updated in place.
+    """
 
     @staticmethod
-    def forward(ctx, z: torch.Tensor, dim: int) -> torch.Tensor:
+    def forward(ctx, z: torch.Tensor, dim: int, mask: torch.Tensor | None) -> torch.Tensor:
         ctx.dim = dim
         if z.shape[dim] == 0:
             ctx.save_for_backward(z)
             return z.clone()
-        x = z / 2  # 1.5-entmax(z) = [z/2 - tau]_+^2, so solve with z/2
-        x_srt, _ = torch.sort(x, dim=dim, descending=True)
+        x = z.div_(2)  # 1.5-entmax(z) = [z/2 - tau]_+^2, so solve with z/2
+        x_srt = torch.sort(x, dim=dim, descending=True).values
         rho = _index_like(x_srt, dim)  # 1..n along dim
         # For a support of the k largest, sum_{i<=k} (x_(i) - tau)^2 = 1 gives
         # tau_k = mean_k - sqrt((1 - ss_k) / k), ss_k = sum_{i<=k} (x_(i) - mean_k)^2.
-        mean = x_srt.cumsum(dim) / rho
-        mean_sq = (x_srt * x_srt).cumsum(dim) / rho
-        ss = rho * (mean_sq - mean * mean)
-        delta = torch.clamp((1.0 - ss) / rho, min=0.0)
-        tau = mean - torch.sqrt(delta)
+        mean = x_srt.cumsum(dim).div_(rho)
+        ss = x_srt.square().cumsum_(dim).div_(rho)  # mean of squares
+        ss.sub_(mean.square()).mul_(rho)
+        delta = ss.neg_().add_(1.0).div_(rho).clamp_(min=0.0)  # (1 - ss) / k
+        tau = mean.sub_(delta.sqrt_())
+        del delta, ss
         # The support is the largest k with tau_k <= x_(k) (Peters et al. 2019, Alg. 2).
-        k = (tau <= x_srt).sum(dim, keepdim=True).clamp(min=1)
+        k = (tau <= x_srt).sum(dim, keepdim=True).clamp_(min=1)
+        del x_srt
         tau_star = tau.gather(dim, k - 1)
-        y = torch.clamp(x - tau_star, min=0.0) ** 2
+        del tau
+        y = x.sub_(tau_star).clamp_(min=0.0).square_()
+        if mask is not None:
+            y.mul_(mask)  # fully masked rows (uniform before) become zeros
+        ctx.mark_dirty(z)
         ctx.save_for_backward(y)
         return y
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, dy: torch.Tensor):
         (y,) = ctx.saved_tensors
         dim = ctx.dim
         if y.shape[dim] == 0:
-            return dy.clone(), None
+            return dy.clone(), None, None
         gppr = y.sqrt()  # 1 / g''(y) for the Tsallis 1.5 entropy; 0 off the support
-        dx = gppr * dy
-        q = dx.sum(dim, keepdim=True) / gppr.sum(dim, keepdim=True)
-        return dx - q * gppr, None
+        dx = dy * gppr
+        # a fully masked row has gppr = 0 everywhere: 0 / tiny = 0, not NaN
+        q = dx.sum(dim, keepdim=True).div_(gppr.sum(dim, keepdim=True).clamp_(min=torch.finfo(y.dtype).tiny))
+        return dx.sub_(gppr.mul_(q)), None, None
 
 
 def entmax15(x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -254,9 +295,9 @@ def entmax15(x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = None
         weights on the simplex along ``dim`` (zeros for fully masked rows).
     """
     z, dim = _prepare(x, mask, dim, "x")
-    z = _shift_and_fill(z, mask, dim)
-    w = _Entmax15Function.apply(z, dim)
-    return _apply_mask(w, mask).to(x.dtype)
+    z = _fresh(_shift_and_fill(z, mask, dim), x)
+    w = _Entmax15Function.apply(z, dim, _mask_like(mask, z))
+    return w.to(x.dtype)
 
 
 # ------------------------------------------------------------------- sigmoid and relu

@@ -19,6 +19,7 @@ from torch import nn
 
 from .._checks import check_positive_int
 from ..functional.attend import AttentionResult, attend
+from ..kernels.dispatch import PATHS, attention, record_path
 from ..functional.scores import additive_score_from_projections
 from ._inputs import _check_seq, _squeeze_step, _uniform_, prepare_inputs
 
@@ -58,6 +59,9 @@ class AdditiveAttention(nn.Module):
         hidden_dim: size of the alignment network's hidden layer.
         value_dim: if given, ``values`` must have this last size (checked). ``None``:
             any size (values default to the keys).
+        impl: "auto" (default: the fused kernel :func:`attnlab.kernels.additive_attention`
+            via :func:`attnlab.kernels.dispatch.attention`) or "reference"
+            (:func:`attnlab.functional.attend`); ``forward(impl=...)`` overrides it.
 
     Parameters: ``w_q`` (hidden, Dq), ``w_k`` (hidden, Dk), ``bias`` (hidden,),
     ``v`` (hidden,).
@@ -69,8 +73,11 @@ class AdditiveAttention(nn.Module):
         axis for a single step.
     """
 
-    def __init__(self, query_dim: int, key_dim: int, hidden_dim: int, value_dim: int | None = None):
+    def __init__(
+        self, query_dim: int, key_dim: int, hidden_dim: int, value_dim: int | None = None, *, impl: str = "auto"
+    ):
         super().__init__()
+        self.impl = _check_impl(impl)
         self.query_dim = check_positive_int(query_dim, "query_dim")
         self.key_dim = check_positive_int(key_dim, "key_dim")
         self.hidden_dim = check_positive_int(hidden_dim, "hidden_dim")
@@ -107,6 +114,7 @@ class AdditiveAttention(nn.Module):
         mask: torch.Tensor | None = None,
         need_weights: bool = False,
         projected_keys: torch.Tensor | None = None,
+        impl: str | None = None,
     ) -> AttentionResult:
         """Attend from ``query`` over ``keys``; see the class docstring for shapes.
 
@@ -116,15 +124,18 @@ class AdditiveAttention(nn.Module):
             values: what is averaged; defaults to ``keys``.
             mask: bool, True = may attend.
             need_weights: also return the weights ``a_ij``.
-            projected_keys: :meth:`precompute_keys` of these ``keys``.
+            projected_keys: :meth:`precompute_keys` of these ``keys`` (always the
+                reference path: the fused kernel projects the keys itself).
+            impl: override ``self.impl`` for this call.
 
         Returns:
             ``AttentionResult(output, weights)``; ``weights`` is ``None`` unless asked.
         """
         q, values, mask, single = prepare_inputs(self, query, keys, values, mask, self.value_dim)
         B, Tk = q.shape[0], keys.shape[1]
+        impl = self.impl if impl is None else _check_impl(impl)
         if projected_keys is None:
-            result = attend(
+            result = attention(
                 q,
                 keys,
                 values,
@@ -132,8 +143,11 @@ class AdditiveAttention(nn.Module):
                 score_kwargs=dict(w_q=self.w_q, w_k=self.w_k, v=self.v, bias=self.bias),
                 mask=mask,
                 need_weights=need_weights,
+                impl=impl,
+                caller="AdditiveAttention",
             )
         else:
+            record_path("AdditiveAttention", "reference", "projected_keys given")
             _check_seq(projected_keys, "projected_keys", self.hidden_dim, "hidden_dim", batch=B, length=Tk)
             result = attend(
                 q,
@@ -147,4 +161,15 @@ class AdditiveAttention(nn.Module):
         return _squeeze_step(result, single)
 
     def extra_repr(self) -> str:
-        return f"query_dim={self.query_dim}, key_dim={self.key_dim}, hidden_dim={self.hidden_dim}, value_dim={self.value_dim}"
+        return (
+            f"query_dim={self.query_dim}, key_dim={self.key_dim}, hidden_dim={self.hidden_dim}, "
+            f"value_dim={self.value_dim}, impl={self.impl!r}"
+        )
+
+
+def _check_impl(impl) -> str:
+    """``impl`` of the dispatching modules: "auto", "reference" or a path of
+    :data:`attnlab.kernels.dispatch.PATHS`."""
+    if not isinstance(impl, str) or (impl != "auto" and impl not in PATHS):
+        raise ValueError(f"unknown impl {impl!r}; valid impls: auto, {', '.join(PATHS)}")
+    return impl

@@ -24,8 +24,11 @@ class KVCache:
 
     Two storage modes:
 
-    - ``max_len=None`` (growing): every :meth:`append` concatenates. Nothing is
-      written in place, so autograd through several steps works.
+    - ``max_len=None`` (growing): while gradients are being recorded every
+      :meth:`append` concatenates and nothing is written in place, so autograd through
+      several steps works. Without autograd (``torch.no_grad()``, inputs that need no
+      gradient) the buffers grow by doubling and new positions are copied in place:
+      amortized O(1) copies per position instead of O(T).
     - ``max_len=N`` (preallocated): buffers of ``N`` positions are allocated on the
       first :meth:`append` (dtype, device, ``B``, ``H_kv`` and ``D`` taken from the keys
       it receives) and later steps copy into them in place; the returned tensors are
@@ -53,6 +56,7 @@ class KVCache:
         self._k: torch.Tensor | None = None  # (B, H_kv, T_cap, Dk) or (B, H_kv, T, Dk)
         self._v: torch.Tensor | None = None  # (B, H_kv, T_cap, Dv) or (B, H_kv, T, Dv)
         self._length = 0
+        self._sig = None  # (B, H_kv, Dk, Dv, dtype, device) of the last checked append
 
     # -- state ---------------------------------------------------------------------
     @property
@@ -76,6 +80,7 @@ class KVCache:
     def reset(self) -> None:
         """Forget every cached position (a preallocated buffer is kept for reuse)."""
         self._length = 0
+        self._sig = None
         if self.max_len is None:
             self._k = self._v = None
 
@@ -120,14 +125,38 @@ class KVCache:
             k (B, H_kv, T_new, Dk), v (B, H_kv, T_new, Dv) ->
             (B, H_kv, T_past + T_new, Dk), (B, H_kv, T_past + T_new, Dv).
         """
-        self._check(k, v)
+        # A decode loop appends tensors of one signature every step: check it fully
+        # once, then only compare the signature (this runs once per layer per token).
+        sig = None
+        if isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor) and k.dim() == 4 and v.dim() == 4:
+            sig = (k.shape[0], k.shape[1], k.shape[3], v.shape[0], v.shape[1], v.shape[3], k.shape[2] == v.shape[2],
+                   k.dtype, v.dtype, k.device)  # fmt: skip
+        if sig is None or sig != self._sig or self._length == 0:
+            self._check(k, v)
+            self._sig = sig
+        elif self.max_len is not None and self._length + k.shape[2] > self.max_len:
+            self._check(k, v)  # raises the overflow message
         t0, t1 = self._length, self._length + k.shape[2]
         if self.max_len is None:
+            recording = torch.is_grad_enabled() and (k.requires_grad or v.requires_grad or (
+                self._k is not None and (self._k.requires_grad or self._v.requires_grad)))  # fmt: skip
             if self._k is None or t0 == 0:
                 self._k, self._v = k, v
+            elif recording:
+                self._k = torch.cat([self._k[:, :, :t0], k], dim=2)  # (B, H_kv, T_past + T_new, Dk)
+                self._v = torch.cat([self._v[:, :, :t0], v], dim=2)  # (B, H_kv, T_past + T_new, Dv)
             else:
-                self._k = torch.cat([self._k, k], dim=2)  # (B, H_kv, T_past + T_new, Dk)
-                self._v = torch.cat([self._v, v], dim=2)  # (B, H_kv, T_past + T_new, Dv)
+                if t1 > self._k.shape[2] or self._k._base is not None:
+                    # Grow to twice the need (a fresh buffer: never write into a tensor
+                    # the caller handed us, nor into views already returned past t0).
+                    cap = max(2 * t1, 16)
+                    nk = k.new_empty(k.shape[0], k.shape[1], cap, k.shape[3])  # (B, H_kv, cap, Dk)
+                    nv = v.new_empty(v.shape[0], v.shape[1], cap, v.shape[3])  # (B, H_kv, cap, Dv)
+                    nk[:, :, :t0] = self._k[:, :, :t0]
+                    nv[:, :, :t0] = self._v[:, :, :t0]
+                    self._k, self._v = nk, nv
+                self._k[:, :, t0:t1] = k
+                self._v[:, :, t0:t1] = v
         else:
             fresh = self._k is None or (
                 t0 == 0

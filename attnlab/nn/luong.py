@@ -30,11 +30,13 @@ import torch
 from torch import nn
 
 from .._checks import check_positive_int, check_tensor, fmt_shape, resolve
-from ..functional.attend import AttentionResult, attend
+from ..functional.attend import AttentionResult
+from ..kernels.dispatch import attention
 from ..functional.masks import local_p_window
 from ..functional.normalizers import softmax
 from ..functional.scores import SCORES
 from ._inputs import _squeeze_step, _uniform_, prepare_inputs
+from .additive import _check_impl
 
 __all__ = ["AlignmentScore", "LuongAttention", "LUONG_MODES"]
 
@@ -211,6 +213,9 @@ class LuongAttention(nn.Module):
         attentional_dim: if given, create ``W_c`` (attentional_dim, Dv + Dq) for
             :meth:`combine`.
         value_dim: size ``Dv`` of the values (default ``key_dim``); only used by ``W_c``.
+        impl: "auto" (default: :func:`attnlab.kernels.dispatch.attention` picks SDPA for
+            dot/general, the fused additive kernel for concat, the reference for
+            local-p's Gaussian) or "reference"; ``forward(impl=...)`` overrides it.
 
     Shape:
         query (B, Tq, Dq) or (B, Dq) for one decoder step; keys (B, Tk, Dk); values
@@ -234,8 +239,11 @@ class LuongAttention(nn.Module):
         hidden_dim: int | None = None,
         attentional_dim: int | None = None,
         value_dim: int | None = None,
+        *,
+        impl: str = "auto",
     ):
         super().__init__()
+        self.impl = _check_impl(impl)
         self.query_dim = check_positive_int(query_dim, "query_dim")
         self.key_dim = check_positive_int(key_dim, "key_dim")
         self.score = AlignmentScore(score, query_dim, key_dim, hidden_dim, allowed=("dot", "general", "concat"))
@@ -261,6 +269,7 @@ class LuongAttention(nn.Module):
         mask: torch.Tensor | None = None,
         query_positions=None,
         need_weights: bool = False,
+        impl: str | None = None,
     ) -> AttentionResult:
         """Context vectors ``c_t`` (and weights ``a_t``); see the class docstring.
 
@@ -272,10 +281,12 @@ class LuongAttention(nn.Module):
         window, factor = LUONG_MODES[self.mode](self, q, Tk, mask, query_positions, single)
         if window is not None:
             mask = window if mask is None else mask & window  # (B, Tq, Tk)
-        result = attend(
+        result = attention(
             q,
             keys,
             values,
+            impl=self.impl if impl is None else _check_impl(impl),
+            caller=f"LuongAttention({self.score.name}, {self.mode})",
             score=self.score.fn,
             score_kwargs=self.score.kwargs(),
             normalizer="softmax" if factor is None else _softmax_times,
@@ -304,4 +315,4 @@ class LuongAttention(nn.Module):
         return torch.tanh(self.w_c(torch.cat([context, query], dim=-1)))  # (..., attentional_dim)
 
     def extra_repr(self) -> str:
-        return f"mode={self.mode!r}, window={self.window}, attentional_dim={self.attentional_dim}"
+        return f"mode={self.mode!r}, window={self.window}, attentional_dim={self.attentional_dim}, impl={self.impl!r}"

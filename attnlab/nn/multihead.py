@@ -36,6 +36,7 @@ Differences from torch (documented, deliberate):
 from __future__ import annotations
 
 import logging
+import math
 from typing import Callable
 
 import torch
@@ -55,6 +56,7 @@ from ..functional.attend import AttentionResult, attend
 from ..functional.masks import causal_mask, mask_and
 from ..functional.normalizers import softmax
 from ..functional.scores import scaled_dot_score
+from ..kernels.dispatch import record_path, sdpa_with_lse, weights_from_lse
 from .kv_cache import KVCache
 
 __all__ = ["MultiheadAttention", "ATTENTION_IMPLS", "sdpa_attention", "reference_attention"]
@@ -115,6 +117,7 @@ def reference_attention(
     Shape: q (B, H, Tq, D), k (B, H_kv, Tk, D), v (B, H_kv, Tk, Dv) ->
     output (B, H, Tq, Dv), weights (B, H, Tq, Tk) or None.
     """
+    record_path("MultiheadAttention", "reference", "impl='reference'")
     H, H_kv = q.shape[1], k.shape[1]
     if H != H_kv:
         k = k.repeat_interleave(H // H_kv, dim=1)  # (B, H, Tk, D)
@@ -126,18 +129,42 @@ def reference_attention(
 
 
 def sdpa_attention(
-    q, k, v, *, mask=None, bias=None, causal_offset=None, dropout_p=0.0, training=False, need_weights=False
+    q,
+    k,
+    v,
+    *,
+    mask=None,
+    bias=None,
+    causal_offset=None,
+    dropout_p=0.0,
+    training=False,
+    need_weights=False,
+    weights_heads=None,
+    weights_rows=None,
 ) -> AttentionResult:
     """The fast path: :func:`torch.nn.functional.scaled_dot_product_attention`.
 
     The output always comes from SDPA (fused kernel, no ``(Tq, Tk)`` weights kept for
-    backward when it can avoid it). When ``need_weights`` the weights come from one
-    extra ``q k^T`` + softmax next to it rather than by falling back to the slow path.
+    backward when it can avoid it). When ``need_weights``, the CPU flash kernel also
+    returns its row log-sum-exp ``lse`` and the weights are recomputed exactly as
+    ``exp(q k^T / sqrt(D) + bias - lse)`` (one matmul and one exp per selected head,
+    no softmax max/sum passes; :func:`attnlab.kernels.dispatch.weights_from_lse`),
+    only for ``weights_heads`` / ``weights_rows`` when given. Grouped-query heads,
+    dropout, a learnable bias or half precision take one extra ``q k^T`` + softmax.
 
     Shape: q (B, H, Tq, D), k (B, H_kv, Tk, D), v (B, H_kv, Tk, Dv) ->
-    output (B, H, Tq, Dv), weights (B, H, Tq, Tk) or None.
+    output (B, H, Tq, Dv), weights (B, H', Tq', Tk) or None (H' / Tq' the selected
+    heads / rows, default all).
     """
     Tq, Tk = q.shape[-2], k.shape[-2]
+    if mask is None and bias is None and (causal_offset is None or causal_offset >= Tk - 1) and not need_weights:
+        # Decode step (or plain attention): nothing to mask, so none of the mask
+        # bookkeeping below; this is the per-token hot path of a KV-cache loop.
+        record_path("MultiheadAttention", "sdpa", "no mask")
+        out = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=dropout_p if training else 0.0, enable_gqa=q.shape[1] != k.shape[1]
+        )  # (B, H, Tq, Dv)
+        return AttentionResult(out, None)
     mask, bias = _fold_neg_inf(mask, bias)
     # Top-left causal with nothing else to mask: SDPA's own is_causal (its flash kernel
     # skips the masked blocks instead of reading a dense mask).
@@ -160,23 +187,77 @@ def sdpa_attention(
         bias_q = bias.to(q.dtype)
         attn = bias_q if sdpa_mask is None else torch.where(sdpa_mask, bias_q, mask_fill_value(q.dtype))
 
-    out = F.scaled_dot_product_attention(
-        q,
-        k,
-        v,
-        attn_mask=attn,
-        dropout_p=dropout_p if training else 0.0,
-        is_causal=use_is_causal,
-        enable_gqa=q.shape[1] != k.shape[1],
-    )  # (B, H, Tq, Dv)
+    dropping = training and dropout_p > 0.0
+    from_lse = (
+        need_weights
+        and not dropping
+        and q.shape[1] == k.shape[1]
+        and q.dtype in (torch.float32, torch.float64)
+        and (bias is None or not bias.requires_grad)
+    )
+    lse = None
+    if from_lse:
+        fmask = attn
+        if fmask is not None and fmask.dtype == torch.bool:
+            # the flash op takes an additive mask of q's dtype only
+            fmask = torch.zeros(fmask.shape, dtype=q.dtype, device=q.device).masked_fill_(
+                ~fmask, mask_fill_value(q.dtype)
+            )
+        out, lse = sdpa_with_lse(q, k, v, attn_mask=fmask, is_causal=use_is_causal)
+    else:
+        out = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=attn,
+            dropout_p=dropout_p if training else 0.0,
+            is_causal=use_is_causal,
+            enable_gqa=q.shape[1] != k.shape[1],
+        )  # (B, H, Tq, Dv)
     if row_ok is not None:
         out = out * row_ok.to(out.dtype)
 
     weights = None
     if need_weights:
         wmask = _causal(mask, Tq, Tk, 0, q.device) if use_is_causal else mask
-        weights = _softmax_weights(q, k, wmask, bias)  # (B, H, Tq, Tk)
+        if lse is not None:
+            record_path("MultiheadAttention", "sdpa", "weights recomputed from the flash kernel's LSE")
+            weights = weights_from_lse(
+                q, k, lse, scale=1.0 / math.sqrt(q.shape[-1]), mask=wmask, bias=bias,
+                heads=weights_heads, rows=weights_rows,
+            )  # fmt: skip
+        else:
+            record_path("MultiheadAttention", "sdpa", "weights from one extra q k^T + softmax")
+            weights = _select(_softmax_weights(q, k, wmask, bias), weights_heads, weights_rows)
+    else:
+        record_path("MultiheadAttention", "sdpa", "masked" if mask is not None or bias is not None else "causal")
     return AttentionResult(out, weights)
+
+
+def _check_index(ix, name: str, n: int):
+    """``None``, a slice, or indices in ``[-n, n)`` as a 1-D long tensor."""
+    if ix is None or isinstance(ix, slice):
+        return ix
+    try:
+        t = ix.reshape(-1).long() if isinstance(ix, torch.Tensor) else torch.as_tensor(list(ix), dtype=torch.long)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{name} must be a sequence of ints, a 1-D long tensor or a slice, got {ix!r}") from None
+    if t.numel() and (int(t.min()) < -n or int(t.max()) >= n):
+        raise ValueError(f"{name} must hold indices in [{-n}, {n - 1}], got {t.tolist()}")
+    return t % n
+
+
+def _select(w: torch.Tensor, heads, rows) -> torch.Tensor:
+    """Heads (dim 1) and query rows (dim 2) of ``(B, H, Tq, Tk)`` weights."""
+    for ix, dim in ((heads, 1), (rows, 2)):
+        if ix is None:
+            continue
+        if isinstance(ix, slice):
+            w = w[(slice(None),) * dim + (ix,)]
+        else:
+            idx = ix.reshape(-1) if isinstance(ix, torch.Tensor) else torch.as_tensor(list(ix), dtype=torch.long)
+            w = w.index_select(dim, idx.to(device=w.device, dtype=torch.long))
+    return w
 
 
 ATTENTION_IMPLS: dict[str, Callable[..., AttentionResult]] = {
@@ -446,6 +527,8 @@ class MultiheadAttention(nn.Module):
         *,
         kv_cache: KVCache | None = None,
         impl=None,
+        weights_heads=None,
+        weights_rows=None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Attend from ``query`` to ``key``/``value``.
 
@@ -462,10 +545,15 @@ class MultiheadAttention(nn.Module):
                 continue from the cache length. ``key`` must have as many positions as
                 ``query``; masks cover all cached keys (``S`` = cache length after append).
             impl: override ``self.impl`` for this call.
+            weights_heads, weights_rows: with ``need_weights``, return the weights of
+                these heads / query rows only (a sequence of indices, a 1-D long tensor
+                or a slice); the default "sdpa" impl then computes only those, exactly,
+                from the flash kernel's log-sum-exp. Averaging runs over the selected heads.
 
         Shape:
             query (L, B, E) / (B, L, E) / (L, E) -> attn_output of the same layout;
-            attn_weights (B, L, S') averaged or (B, H, L, S') per head (no B unbatched).
+            attn_weights (B, L, S') averaged or (B, H, L, S') per head (no B unbatched);
+            ``L``/``H`` become the numbers of selected rows/heads with ``weights_rows``/``weights_heads``.
 
         Returns:
             ``(attn_output, attn_weights or None)``.
@@ -523,9 +611,9 @@ class MultiheadAttention(nn.Module):
         v = v.unflatten(-1, (H_kv, D)).transpose(1, 2)  # (B, H_kv, S, D)
 
         past = 0 if kv_cache is None else kv_cache.length
-        q_pos = torch.arange(past, past + L, device=q.device)  # (L,) absolute positions
         q_raw = q
         if self.positional is not None:
+            q_pos = torch.arange(past, past + L, device=q.device)  # (L,) absolute positions
             q = self.positional.rotate(q, q_pos)  # (B, H, L, D)
             k = self.positional.rotate(k, torch.arange(past, past + S, device=k.device))  # (B, H_kv, S, D)
         if kv_cache is not None:
@@ -560,6 +648,11 @@ class MultiheadAttention(nn.Module):
 
         impl = self.impl if impl is None else impl
         fn = resolve(ATTENTION_IMPLS, impl, "impl")
+        select = need_weights and (weights_heads is not None or weights_rows is not None)
+        if select:
+            weights_heads = _check_index(weights_heads, "weights_heads", H)
+            weights_rows = _check_index(weights_rows, "weights_rows", L)
+        extra = {"weights_heads": weights_heads, "weights_rows": weights_rows} if select and fn is sdpa_attention else {}
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "MultiheadAttention: impl=%s q=%s k=%s mask=%s bias=%s causal_offset=%s need_weights=%s",
@@ -579,7 +672,10 @@ class MultiheadAttention(nn.Module):
             dropout_p=self.dropout,
             training=self.training,
             need_weights=need_weights,
+            **extra,
         )  # (B, H, L, D), (B, H, L, S') or None
+        if select and not extra and weights is not None:
+            weights = _select(weights, weights_heads, weights_rows)  # (B, H', L', S')
 
         out = self.out_proj(out.transpose(1, 2).flatten(2))  # (B, L, E)
         if not batched:

@@ -19,11 +19,13 @@ import torch
 from torch import nn
 
 from .._checks import check_positive_int, check_probability, resolve
-from ..functional.attend import AttentionResult, attend
+from ..functional.attend import AttentionResult
+from ..kernels.dispatch import attention
 from ..functional.masks import causal_mask
 from ..functional.normalizers import get_normalizer
 from ..functional.scores import SCORES
 from ._inputs import _check_seq, _prepare_mask
+from .additive import _check_impl
 
 __all__ = ["SimpleSelfAttention", "SelfAttention", "CrossAttention"]
 
@@ -56,11 +58,12 @@ class SimpleSelfAttention(nn.Module):
         weights (B, T, T).
     """
 
-    def __init__(self, scale: bool = False):
+    def __init__(self, scale: bool = False, *, impl: str = "auto"):
         super().__init__()
         if not isinstance(scale, bool):
             raise TypeError(f"scale must be a bool, got {type(scale).__name__}")
         self.scale = scale
+        self.impl = _check_impl(impl)
 
     def forward(
         self,
@@ -69,12 +72,16 @@ class SimpleSelfAttention(nn.Module):
         mask: torch.Tensor | None = None,
         is_causal: bool = False,
         need_weights: bool = False,
+        impl: str | None = None,
     ) -> AttentionResult:
         """Returns ``AttentionResult(output, weights)``; weights only if ``need_weights``."""
         _check_seq(x, "x", None, "D")
         B, T, _ = x.shape
         mask = _with_causal(_prepare_mask(mask, False, (B, T, T)), is_causal, T, x.device)
-        return attend(x, x, x, score="scaled_dot" if self.scale else "dot", mask=mask, need_weights=need_weights)
+        return attention(
+            x, x, x, score="scaled_dot" if self.scale else "dot", mask=mask, need_weights=need_weights,
+            impl=self.impl if impl is None else _check_impl(impl), caller="SimpleSelfAttention",
+        )  # fmt: skip
 
     def extra_repr(self) -> str:
         return f"scale={self.scale}"
@@ -83,8 +90,9 @@ class SimpleSelfAttention(nn.Module):
 class _ProjectedAttention(nn.Module):
     """Shared body: project queries, keys and values, then one call to :func:`attend`."""
 
-    def __init__(self, query_dim, kv_dim, d_qk, d_v, bias, score, normalizer, normalizer_kwargs, dropout, dim_names):
+    def __init__(self, query_dim, kv_dim, d_qk, d_v, bias, score, normalizer, normalizer_kwargs, dropout, dim_names, impl):
         super().__init__()
+        self.impl = _check_impl(impl)
         self.query_dim = check_positive_int(query_dim, dim_names[0])
         self.kv_dim = check_positive_int(kv_dim, dim_names[1])
         self.d_qk = check_positive_int(d_qk, "d_qk")
@@ -99,11 +107,11 @@ class _ProjectedAttention(nn.Module):
         self.w_k = nn.Linear(kv_dim, self.d_qk, bias=bias)  # W_k
         self.w_v = nn.Linear(kv_dim, self.d_v, bias=bias)  # W_v
 
-    def _attend(self, x_q, x_kv, mask, need_weights, generator) -> AttentionResult:
+    def _attend(self, x_q, x_kv, mask, need_weights, generator, impl) -> AttentionResult:
         q = self.w_q(x_q)  # (B, Tq, d_qk)
         k = self.w_k(x_kv)  # (B, Tk, d_qk)
         v = self.w_v(x_kv)  # (B, Tk, d_v)
-        return attend(
+        return attention(
             q,
             k,
             v,
@@ -115,11 +123,13 @@ class _ProjectedAttention(nn.Module):
             training=self.training,
             need_weights=need_weights,
             generator=generator,
+            impl=self.impl if impl is None else _check_impl(impl),
+            caller=type(self).__name__,
         )
 
     def extra_repr(self) -> str:
         name = getattr(self.score, "__name__", "callable")
-        return f"d_qk={self.d_qk}, d_v={self.d_v}, score={name}, dropout={self.dropout}"
+        return f"d_qk={self.d_qk}, d_v={self.d_v}, score={name}, dropout={self.dropout}, impl={self.impl!r}"
 
 
 class SelfAttention(_ProjectedAttention):
@@ -140,6 +150,9 @@ class SelfAttention(_ProjectedAttention):
         normalizer: a name of :data:`attnlab.functional.normalizers.NORMALIZERS` or a callable.
         normalizer_kwargs: extra arguments of the normalizer (e.g. ``tau`` for "gumbel").
         dropout: dropout on the attention weights in training mode.
+        impl: "auto" (default: :func:`attnlab.kernels.dispatch.attention` picks SDPA for
+            softmax, the tiled kernel for sigmoid/relu, else the reference) or
+            "reference"; ``forward(impl=...)`` overrides it.
 
     Shape:
         x (B, T, d_model); mask bool broadcastable to (B, T, T) -> output (B, T, d_v),
@@ -157,9 +170,10 @@ class SelfAttention(_ProjectedAttention):
         normalizer="softmax",
         normalizer_kwargs: dict | None = None,
         dropout: float = 0.0,
+        impl: str = "auto",
     ):
         super().__init__(
-            d_model, d_model, d_qk, d_v, bias, score, normalizer, normalizer_kwargs, dropout, ("d_model", "d_model")
+            d_model, d_model, d_qk, d_v, bias, score, normalizer, normalizer_kwargs, dropout, ("d_model", "d_model"), impl
         )
         self.d_model = d_model
 
@@ -171,16 +185,18 @@ class SelfAttention(_ProjectedAttention):
         is_causal: bool = False,
         need_weights: bool = False,
         generator: torch.Generator | None = None,
+        impl: str | None = None,
     ) -> AttentionResult:
         """Returns ``AttentionResult(output, weights)``; weights only if ``need_weights``.
 
         ``is_causal=True`` lets row ``i`` see rows ``j <= i`` (combined with ``mask``).
-        ``generator`` seeds dropout.
+        ``generator`` seeds dropout (and then selects the reference path, whose noise
+        it drives). ``impl`` overrides ``self.impl`` for this call.
         """
         _check_seq(x, "x", self.d_model, "d_model")
         B, T, _ = x.shape
         mask = _with_causal(_prepare_mask(mask, False, (B, T, T)), is_causal, T, x.device)
-        return self._attend(x, x, mask, need_weights, generator)
+        return self._attend(x, x, mask, need_weights, generator, impl)
 
 
 class CrossAttention(_ProjectedAttention):
@@ -195,7 +211,7 @@ class CrossAttention(_ProjectedAttention):
     Args:
         query_dim: size of a row of ``x``.
         kv_dim: size of a row of ``context``.
-        d_qk, d_v, bias, score, normalizer, normalizer_kwargs, dropout: as :class:`SelfAttention`.
+        d_qk, d_v, bias, score, normalizer, normalizer_kwargs, dropout, impl: as :class:`SelfAttention`.
 
     Shape:
         x (B, Tq, query_dim), context (B, Tk, kv_dim); mask bool broadcastable to
@@ -215,9 +231,10 @@ class CrossAttention(_ProjectedAttention):
         normalizer="softmax",
         normalizer_kwargs: dict | None = None,
         dropout: float = 0.0,
+        impl: str = "auto",
     ):
         super().__init__(
-            query_dim, kv_dim, d_qk, d_v, bias, score, normalizer, normalizer_kwargs, dropout, ("query_dim", "kv_dim")
+            query_dim, kv_dim, d_qk, d_v, bias, score, normalizer, normalizer_kwargs, dropout, ("query_dim", "kv_dim"), impl
         )
 
     def forward(
@@ -228,10 +245,11 @@ class CrossAttention(_ProjectedAttention):
         mask: torch.Tensor | None = None,
         need_weights: bool = False,
         generator: torch.Generator | None = None,
+        impl: str | None = None,
     ) -> AttentionResult:
         """Returns ``AttentionResult(output, weights)``; weights only if ``need_weights``."""
         _check_seq(x, "x", self.query_dim, "query_dim")
         B, Tq, _ = x.shape
         _check_seq(context, "context", self.kv_dim, "kv_dim", batch=B)
         mask = _prepare_mask(mask, False, (B, Tq, context.shape[1]))
-        return self._attend(x, context, mask, need_weights, generator)
+        return self._attend(x, context, mask, need_weights, generator, impl)

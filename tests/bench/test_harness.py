@@ -311,7 +311,7 @@ def _scenario_cases():
 
 
 def test_scenario_registry():
-    assert list(SCENARIOS) == ["sdpa", "window", "bias", "additive", "additive-long", "weights", "decode"]
+    assert list(SCENARIOS) == ["sdpa", "window", "bias", "additive", "additive-long", "weights", "decode", "normalizers"]
     for sc in SCENARIOS.values():
         assert set(sc.shapes) == {"full", "quick", "tiny"}
         impls = [c.impl for c in sc.cases]
