@@ -49,6 +49,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "attnlab.translate",
     "attnlab.experiments.bahdanau_length",
     "attnlab.experiments.positions",
+    "attnlab.vision",
     "attnlab.embed",
     "attnlab.viz_cli",
     "attnlab.recommend",

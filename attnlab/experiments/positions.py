@@ -850,7 +850,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     from .._argtypes import positive_int as _positive_count
     from ..translate import _add_threads_argument
 
-    group = command_group(subparsers, "experiment", help="reproduce published claims (tasks: bahdanau-length, positions)")
+    group = command_group(subparsers, "experiment", help="reproduce published claims: attnlab experiment TASK")
     p = group.add_parser(
         "positions",
         help="positional encodings: perplexity at L, 2L, 4L after training on L (Press et al. 2022)",
