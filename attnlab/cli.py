@@ -54,6 +54,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "attnlab.viz_cli",
     "attnlab.recommend",
     "attnlab.speech",
+    "attnlab.summarize",
     "attnlab.bench.cli",
 )
 

@@ -173,10 +173,11 @@ class RNNSearch(nn.Module):
         """``s_0 = tanh(W_s <-h_1)``. Shape: -> (B, dec_hidden)."""
         return memory.init
 
-    def _step(self, memory: RNNSearchMemory, s_prev: torch.Tensor, y_emb: torch.Tensor):
-        """One decoder step.
+    def _step_features(self, memory: RNNSearchMemory, s_prev: torch.Tensor, y_emb: torch.Tensor):
+        """One decoder step, with the readout input ``[s_i; c_i; E y_{i-1}]``.
 
-        Shape: s_prev (B, Hd), y_emb (B, E) -> logits (B, V), s (B, Hd), weights (B, S).
+        Shape: s_prev (B, Hd), y_emb (B, E) -> logits (B, V), s (B, Hd), weights (B, S),
+        features (B, Hd + 2He + E).
         """
         context, weights = self.attention(
             s_prev,
@@ -186,8 +187,47 @@ class RNNSearch(nn.Module):
             projected_keys=memory.projected_keys,
         )  # (B, 2He), (B, S)
         s = self.decoder(torch.cat([y_emb, context], dim=-1), s_prev)  # (B, Hd)
-        logits = self.readout(self.dropout(torch.cat([s, context, y_emb], dim=-1)))  # (B, V)
-        return logits, s, weights
+        features = torch.cat([s, context, y_emb], dim=-1)  # (B, Hd + 2He + E)
+        logits = self.readout(self.dropout(features))  # (B, V)
+        return logits, s, weights, features
+
+    def _step(self, memory: RNNSearchMemory, s_prev: torch.Tensor, y_emb: torch.Tensor):
+        """One decoder step.
+
+        Shape: s_prev (B, Hd), y_emb (B, E) -> logits (B, V), s (B, Hd), weights (B, S).
+        """
+        return self._step_features(memory, s_prev, y_emb)[:3]
+
+    # ------------------------------------------------------------------ readout features
+    # For heads stacked on the decoder (e.g. the copy gate of attnlab.models.pointer).
+
+    @property
+    def readout_feature_size(self) -> int:
+        """Size F of the readout input ``[s_i; c_i; E y_{i-1}]``: dec_hidden + 2 enc_hidden + emb_size."""
+        c = self.config
+        return c.dec_hidden + 2 * c.enc_hidden + c.emb_size
+
+    def decode_features(self, memory: RNNSearchMemory, tgt_in: torch.Tensor):
+        """Teacher-forced logits, attention weights and readout inputs ``[s_i; c_i; E y_{i-1}]``.
+
+        Shape: tgt_in (B, T) -> logits (B, T, V), weights (B, T, S), features (B, T, F).
+        """
+        check_target(tgt_in, memory.annotations.shape[0], self.config.tgt_vocab)
+        y_emb = self.dropout(self.tgt_embed(tgt_in.long()))  # (B, T, E)
+        s = self.init_state(memory)  # (B, Hd)
+        outs = []
+        for t in range(tgt_in.shape[1]):
+            step_logits, s, w, f = self._step_features(memory, s, y_emb[:, t])
+            outs.append((step_logits, w, f))
+        logits, weights, features = (torch.stack(x, dim=1) for x in zip(*outs))  # (B, T, V), (B, T, S), (B, T, F)
+        return logits, weights, features
+
+    def decode_step_features(self, memory: RNNSearchMemory, state: torch.Tensor, prev_tokens: torch.Tensor):
+        """:meth:`decode_step` plus the readout input. Shape: prev_tokens (B,) -> logits (B, V),
+        state (B, Hd), attention (B, S), features (B, F)."""
+        check_prev_tokens(prev_tokens, memory.annotations.shape[0], self.config.tgt_vocab)
+        y_emb = self.dropout(self.tgt_embed(prev_tokens.long()))  # (B, E)
+        return self._step_features(memory, state, y_emb)
 
     def forward_with_attention(self, src: torch.Tensor, src_lengths: torch.Tensor, tgt_in: torch.Tensor):
         """Teacher-forced logits and attention weights.

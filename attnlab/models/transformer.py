@@ -282,8 +282,9 @@ class Transformer(nn.Module):
     def init_state(self, memory: TransformerMemory) -> TransformerState:
         return TransformerState([KVCache() for _ in self.decoder_layers], 0)
 
-    def _decode(self, memory: TransformerMemory, y: torch.Tensor, caches, need_weights: bool):
-        """Run the decoder stack. Shape: y (B, T, d) -> logits (B, T, V), weights (B, T, S) or None."""
+    def _decoder_states(self, memory: TransformerMemory, y: torch.Tensor, caches, need_weights: bool):
+        """Run the decoder stack. Shape: y (B, T, d) -> states (B, T, d) (after the final LN),
+        weights (B, T, S) or None."""
         pad = ~memory.mask  # (B, S)
         weights = None
         for i, layer in enumerate(self.decoder_layers):
@@ -291,7 +292,51 @@ class Transformer(nn.Module):
             y, w = layer(y, memory.states, pad, kv_cache=None if caches is None else caches[i], need_weights=want)
             if want:
                 weights = w  # (B, T, S)
-        return F.linear(self.decoder_norm(y), self.output_weight()), weights  # (B, T, V)
+        return self.decoder_norm(y), weights
+
+    def _decode(self, memory: TransformerMemory, y: torch.Tensor, caches, need_weights: bool):
+        """Run the decoder stack. Shape: y (B, T, d) -> logits (B, T, V), weights (B, T, S) or None."""
+        h, weights = self._decoder_states(memory, y, caches, need_weights)
+        return F.linear(h, self.output_weight()), weights  # (B, T, V)
+
+    # ------------------------------------------------------------------ readout features
+    # For heads stacked on the decoder (e.g. the copy gate of attnlab.models.pointer):
+    # the logits, the alignment and the vector the readout saw, per step.
+
+    @property
+    def readout_feature_size(self) -> int:
+        """Size F of :meth:`decode_features`' features: ``[h_t; c_t]`` = 2 * d_model."""
+        return 2 * self.config.d_model
+
+    def _features(self, memory: TransformerMemory, h: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """``[h_t; c_t]``, ``c_t = sum_j a_tj m_j`` over the align layer's head-averaged weights.
+
+        Shape: h (B, T, d), weights (B, T, S) -> (B, T, 2d).
+        """
+        context = torch.matmul(weights.to(memory.states.dtype), memory.states)  # (B, T, d)
+        return torch.cat([h, context], dim=-1)
+
+    def decode_features(self, memory: TransformerMemory, tgt_in: torch.Tensor):
+        """Teacher-forced logits, align-layer cross-attention and readout features.
+
+        Shape: tgt_in (B, T) -> logits (B, T, V), weights (B, T, S), features (B, T, 2 d_model).
+        """
+        check_target(tgt_in, memory.states.shape[0], self.config.tgt_vocab)
+        h, weights = self._decoder_states(memory, self._embed(self.tgt_embed, tgt_in), None, need_weights=True)
+        return F.linear(h, self.output_weight()), weights, self._features(memory, h, weights)
+
+    def decode_step_features(self, memory: TransformerMemory, state: TransformerState, prev_tokens: torch.Tensor):
+        """:meth:`decode_step` plus the step's readout features.
+
+        Shape: prev_tokens (B,) -> logits (B, V), state, attention (B, S), features (B, 2 d_model).
+        """
+        check_prev_tokens(prev_tokens, memory.states.shape[0], self.config.tgt_vocab)
+        y = self._embed(self.tgt_embed, prev_tokens[:, None], start=state.step)  # (B, 1, d)
+        caches = [copy.copy(cache) for cache in state.caches]  # see decode_step
+        h, weights = self._decoder_states(memory, y, caches, need_weights=True)  # (B, 1, d), (B, 1, S)
+        logits = F.linear(h, self.output_weight())  # (B, 1, V)
+        features = self._features(memory, h, weights)  # (B, 1, 2d)
+        return logits[:, 0], TransformerState(caches, state.step + 1), weights[:, 0], features[:, 0]
 
     def forward_with_attention(self, src: torch.Tensor, src_lengths: torch.Tensor, tgt_in: torch.Tensor):
         """Teacher-forced logits and cross-attention weights of ``align_layer``.
