@@ -285,28 +285,33 @@ class _Progress:
 
 
 class _InterruptGuard:
-    """Defers SIGINT raised inside :meth:`critical` to the end of that block.
+    """Defers SIGINT (Ctrl-C) and SIGTERM (``kill``, a job scheduler's stop) raised inside
+    :meth:`critical` to the end of that block; either one stops training like Ctrl-C, so
+    the trainer saves ``last/`` and the run can resume.
 
-    Installed only in the main thread and only over Python's default handler, so it never
-    replaces a handler someone else set.
+    Installed only in the main thread and only over the default handlers (Python's for
+    SIGINT, the system's for SIGTERM), so it never replaces a handler someone else set,
+    nor un-ignores a SIGINT that a shell ignores for a background job.
     """
+
+    _DEFAULTS = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
 
     def __init__(self):
         self._depth = 0
         self._pending = False
-        self._previous = None
+        self._previous: dict = {}
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread() and (
-            signal.getsignal(signal.SIGINT) is signal.default_int_handler
-        ):
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+        if threading.current_thread() is threading.main_thread():
+            for sig, default in self._DEFAULTS.items():
+                if signal.getsignal(sig) is default:
+                    self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}
         return False
 
     def _handle(self, signum, frame):

@@ -171,6 +171,30 @@ def test_ctrl_c_during_the_update_finishes_it_first(tmp_path):
     assert_same_run(tmp_path / "run", resumed.model, reference)
 
 
+def test_sigterm_stops_like_ctrl_c_and_a_background_jobs_ignored_sigint_stays_ignored(tmp_path):
+    # `kill PID` (or a scheduler's stop) must save last/ like Ctrl-C. A shell starts
+    # background jobs with SIGINT ignored: the trainer leaves that as it is.
+    trainer = make_trainer(tmp_path, 13)
+    calls = []
+
+    def sigterm_after_update(optimizer, args, kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            signal.raise_signal(signal.SIGTERM)
+
+    trainer.optimizer.register_step_post_hook(sigterm_after_update)
+    before_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        result = trainer.fit()
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # never touched
+    finally:
+        signal.signal(signal.SIGINT, before_int)
+    assert result.stop_reason == "interrupted" and result.step == 3
+    assert read_checkpoint(tmp_path / "last").state["progress"]["step"] == 3
+
+
 def test_ctrl_c_during_validation_redoes_it_on_resume(tmp_path, uninterrupted):
     trainer = make_trainer(tmp_path, 13)
     inner, calls = trainer.validate, []
