@@ -21,7 +21,13 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+# The main job: train RNNsearch and RNNenc live for a few minutes (both at once on 2 cores),
+# compare their BLEU, translate held-out sentences with them and with the shipped
+# Transformer, and write runs/demo/report.html with the alignments; then the step-by-step
+# self-attention walkthrough. Re-running resumes runs/demo (delete it to train afresh).
+DEMO_MINUTES ?= 4
 demo: $(STAMP)
+	$(BIN)/attnlab demo translate --out runs/demo --minutes $(DEMO_MINUTES)
 	$(BIN)/attnlab explain "The animal did not cross the street because it was too tired ." --out explain.png
 
 # The viewer's browser test drives Debian's headless Chromium. As root with apt the

@@ -65,6 +65,8 @@ __all__ = [
     "DemoResult",
     "decode_ids",
     "run_demo",
+    "shipped_scores",
+    "shipped_translators",
     "train_many",
     "train_tokenizer",
     "train_translation",
@@ -85,6 +87,10 @@ CORPUS_SOURCES = ("ding-sentences", "ding-words", "debian-descriptions", "gettex
 DEFAULT_MINUTES = 10.0
 DEMO_MODELS = ("rnnsearch", "rnnenc")
 DEMO_SENTENCES = ("Ich möchte dir helfen.",)
+# Translated at export and recorded in the exported run.json (see export_translator).
+EXPORT_SENTENCES = ("Ich möchte dir helfen.", "Wo ist der Bahnhof?", "Das Wetter ist heute schön.",
+                    "Er hat das Buch gestern gelesen.")
+EXPORT_BEAM = 4
 _MAX_DECODE_LEN = 250
 #: Models shipped inside the package (``attnlab/pretrained/<dir>``), by the name
 #: ``--checkpoint`` accepts; the first is the default of ``translate`` and ``evaluate``.
@@ -557,16 +563,27 @@ def _default_checkpoint() -> Path:
     return pretrained_path(next(iter(PRETRAINED)))
 
 
-def export_translator(checkpoint, out, *, dtype: str = "float16", scores: dict | None = None) -> Path:
+def export_translator(
+    checkpoint, out, *, dtype: str = "float16", scores: dict | None = None, evaluate_beam: int | None = None,
+    print_fn=None,
+) -> Path:
     """Write the model of a training run as a small, inference-only run directory.
 
-    ``out`` receives ``run.json`` (the run's record, plus ``"exported"``: source, dtype and
-    ``scores`` such as the test BLEU it was measured at), ``tokenizer.json`` and ``best/``
-    (weights in ``dtype``, no optimizer state; :meth:`Translator.load` casts them back
-    to float32). This is how the models under ``attnlab/pretrained`` were made.
+    ``out`` receives ``run.json`` (the run's record, plus ``"exported"``: source, dtype,
+    ``scores`` and ``examples``), ``tokenizer.json`` and ``best/`` (weights in ``dtype``,
+    no optimizer state; :meth:`Translator.load` casts them back to float32). This is how
+    the models under ``attnlab/pretrained`` were made.
+
+    ``scores`` are recorded as given (e.g. ``attnlab evaluate --json``); with
+    ``evaluate_beam`` the exported weights, as loaded back, are scored on the run's test
+    split with that beam and ``{"bleu", "chrf", "sentences", "beam", "split"}`` is
+    recorded instead: the figures a user reproduces with ``attnlab evaluate``.
+    ``examples`` are the translations of :data:`EXPORT_SENTENCES` at beam
+    :data:`EXPORT_BEAM` by the exported weights.
     """
     import torch
 
+    from ._checks import check_positive_int
     from .train.checkpoint import save_checkpoint
 
     dtypes = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -587,6 +604,23 @@ def export_translator(checkpoint, out, *, dtype: str = "float16", scores: dict |
     finally:
         translator.model.float()
     record = {**record, "exported": {"from": str(ckpt_dir), "dtype": dtype, "scores": dict(scores or {})}}
+    write_json_atomic(record, out / RUN_FILE)
+    # What the exported weights (as loaded back) say to a few fixed sentences: the shipped
+    # models' tests check that an installation reproduces them exactly.
+    exported = Translator.load(out)
+    if evaluate_beam is not None:
+        check_positive_int(evaluate_beam, "evaluate_beam")
+        test = load_splits(DataSettings(**record["data"]), held_out_only=True)["test"]
+        if print_fn is not None:
+            print_fn(f"scoring the exported weights on {len(test)} test sentences, beam {evaluate_beam} ...")
+        got = evaluate_translator(exported, test, beam=evaluate_beam)
+        record["exported"]["scores"] = {"bleu": float(got["bleu"]), "chrf": float(got["chrf"]),
+                                        "sentences": int(got["sentences"]), "beam": int(evaluate_beam),
+                                        "split": "test"}
+    record["exported"]["examples"] = [
+        {"de": t.source, "en": t.text, "beam": EXPORT_BEAM}
+        for t in exported.translate(list(EXPORT_SENTENCES), beam=EXPORT_BEAM)
+    ]
     write_json_atomic(record, out / RUN_FILE)
     return out
 
@@ -954,6 +988,25 @@ class DemoResult:
     scores: dict
     examples: list
     report: Path
+    shipped: dict = field(default_factory=dict)  # name -> recorded test scores of the shipped models shown
+
+
+def shipped_translators() -> dict[str, "Translator"]:
+    """The shipped models of this installation (:data:`PRETRAINED`) that are present,
+    loaded; ``{}`` when none is."""
+    out = {}
+    for name in PRETRAINED:
+        try:
+            path = pretrained_path(name)
+        except FileNotFoundError:
+            continue
+        out[name] = Translator.load(path)
+    return out
+
+
+def shipped_scores(name: str) -> dict:
+    """The test scores recorded when the shipped model ``name`` was exported (``{}`` if none)."""
+    return dict(read_run(pretrained_path(name)).get("exported", {}).get("scores") or {})
 
 
 def _example_pairs(test_pairs, n: int) -> list[tuple[str, str]]:
@@ -976,10 +1029,17 @@ def run_demo(
     options: TrainOptions | None = None,
     max_len: int | None = None,
     jobs_at_once: int = 1,
+    shipped: bool = True,
+    shipped_beam: int = 4,
     print_fn=print,
 ) -> DemoResult:
     """Train a small RNNsearch and an RNNenc (same parameter budget, same minutes), score
     them on the test split, translate held-out sentences and write ``out/report.html``.
+
+    With ``shipped`` (default), the models shipped in ``attnlab/pretrained`` (trained for
+    hours on the combined corpus) translate the same sentences with beam ``shipped_beam``
+    beside the live-trained ones, and their alignments join the report: the few-minute
+    runs show learning happen, the shipped ones show where it leads.
 
     ``dropout`` is 0.2: without it, a 2 M-parameter RNNenc overfits this corpus after
     three epochs (validation NLL rising from step 1200 on, measured). ``jobs_at_once=2`` trains both models at the same time in two processes (one per core
@@ -1033,27 +1093,49 @@ def run_demo(
                  f"{scores[name]['bleu']:>8.2f}{scores[name]['chrf']:>8.2f}")
     print_fn(f"sacreBLEU {scores[models[0]]['bleu_signature']}")
 
+    shipped_models = shipped_translators() if shipped else {}
+    shipped_table = {}
+    if shipped_models:
+        print_fn(f"\n== the shipped models (attnlab/pretrained, trained for hours on the combined corpus), "
+                 f"test scores recorded at export")
+        print_fn(f"{'model':<22}{'params':>9}{'BLEU':>8}{'chrF':>8}  decoding")
+        for name, tr in shipped_models.items():
+            rec = shipped_scores(name)
+            n_params = sum(p.numel() for p in tr.model.parameters())
+            shipped_table[name] = {**rec, "parameters": n_params}
+            bleu = f"{rec['bleu']:>8.2f}" if "bleu" in rec else f"{'-':>8}"
+            chrf = f"{rec['chrf']:>8.2f}" if "chrf" in rec else f"{'-':>8}"
+            how = f"beam {rec['beam']}" if rec.get("beam", 1) > 1 else ("greedy" if rec else "not recorded")
+            print_fn(f"{name + ' (shipped)':<22}{n_params / 1e6:>8.2f}M{bleu}{chrf}  {how}")
+    elif shipped:
+        print_fn("\n(no shipped models in this installation: only the live-trained ones translate below)")
+
     pairs = [(s, None) for s in DEMO_SENTENCES] + _example_pairs(splits["test"], examples)
     sources = [de for de, _ in pairs]
     translated = {name: tr.translate(sources, beam=beam, max_len=max_len) for name, tr in translators.items()}
+    for name, tr in shipped_models.items():
+        translated[f"{name} (shipped)"] = tr.translate(sources, beam=shipped_beam, max_len=max_len)
+    names = list(translated)
     print_fn("\n== held-out sentences")
     rows = []
-    width = max(len(n) for n in (*models, "reference")) + 2
+    width = max(len(n) for n in (*names, "reference")) + 2
     for i, (de, ref) in enumerate(pairs):
         print_fn(f"{'German':<{width}}{de}")
         if ref is not None:
             print_fn(f"{'reference':<{width}}{ref}")
-        for name in models:
+        for name in names:
             print_fn(f"{name:<{width}}{translated[name][i].text or '(empty)'}")
         print_fn("")
-        rows.append((de, ref, {name: translated[name][i] for name in models}))
+        rows.append((de, ref, {name: translated[name][i] for name in names}))
 
-    report = _write_demo_report(out, runs, scores, rows, minutes, params, beam, tokenizer.vocab_size, len(splits["train"]))
+    report = _write_demo_report(out, runs, scores, rows, minutes, params, beam, tokenizer.vocab_size,
+                                len(splits["train"]), shipped=shipped_table, shipped_beam=shipped_beam)
     print_fn(f"report with the alignments: {report}  ({time.monotonic() - t0:.0f} s in all)")
-    return DemoResult(runs=runs, scores=scores, examples=rows, report=report)
+    return DemoResult(runs=runs, scores=scores, examples=rows, report=report, shipped=shipped_table)
 
 
-def _write_demo_report(out: Path, runs, scores, rows, minutes, params, beam, vocab, n_train) -> Path:
+def _write_demo_report(out: Path, runs, scores, rows, minutes, params, beam, vocab, n_train, *,
+                       shipped: dict | None = None, shipped_beam: int = 4) -> Path:
     from .viz.report import Report
 
     names = list(runs)
@@ -1081,10 +1163,26 @@ def _write_demo_report(out: Path, runs, scores, rows, minutes, params, beam, voc
         f"{scores[names[0]]['sentences']} test sentences, {'greedy decoding' if beam == 1 else f'beam {beam}'}; "
         f"sacreBLEU {scores[names[0]]['bleu_signature']}, {scores[names[0]]['chrf_signature']}."
     )
+    if shipped:
+        rep.heading("The shipped models")
+        rep.paragraph(
+            "attnlab ships models trained for hours on the combined German-English corpus (Ding sentences and "
+            "dictionary entries, Debian package descriptions, gettext catalogs); `attnlab translate` uses them "
+            f"by default. Their test scores were measured on the same test sentences when they were exported; "
+            f"below they translate with beam {shipped_beam}."
+        )
+        rep.table(
+            ["model", "parameters", "BLEU", "chrF", "decoding"],
+            [[f"{n} (shipped)", f"{rec['parameters'] / 1e6:.2f} M",
+              f"{rec['bleu']:.2f}" if "bleu" in rec else "-", f"{rec['chrf']:.2f}" if "chrf" in rec else "-",
+              f"beam {rec['beam']}" if rec.get("beam", 1) > 1 else ("greedy" if "bleu" in rec else "-")]
+             for n, rec in shipped.items()],
+        )
+    names = list(rows[0][2]) if rows else names
     rep.heading("Held-out sentences")
     header = ["German", "reference"] + names
     rep.table(header, [[de, ref or "-"] + [t[n].text for n in names] for de, ref, t in rows])
-    attn_names = [n for n in names if n not in ATTENTION_FREE]
+    attn_names = [n for n in names if n.split(" (")[0] not in ATTENTION_FREE]
     if attn_names:
         rep.heading("Alignments")
         rep.paragraph(
@@ -1234,7 +1332,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", metavar="DIR", type=Path, default=None,
                    help="run directory (uses best/, else last/), one checkpoint directory in it, or a shipped "
                         f"model: {', '.join(PRETRAINED)} (default: the shipped {next(iter(PRETRAINED))})")
-    p.add_argument("--beam", type=positive_int, default=1, help="beam size (default 1: greedy)")
+    p.add_argument("--beam", type=positive_int, default=4, help="beam size (default 4; 1 is greedy)")
     p.add_argument("--max-len", type=positive_int, metavar="N",
                    help="most output pieces per sentence (default 2 x source pieces + 10)")
     p.add_argument("--heatmap", metavar="PATH", type=Path,
@@ -1253,7 +1351,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help=f"run directory, or a shipped model: {', '.join(PRETRAINED)} "
                         f"(default: the shipped {next(iter(PRETRAINED))})")
     p.add_argument("--split", choices=("test", "valid"), default="test", help="held-out split (default test)")
-    p.add_argument("--beam", type=positive_int, default=1, help="beam size (default 1: greedy)")
+    p.add_argument("--beam", type=positive_int, default=None,
+                   help="beam size (default: the beam a shipped model's recorded scores were measured with, "
+                        "else 1, greedy)")
     p.add_argument("--max-len", type=positive_int, metavar="N",
                    help="most output pieces per sentence (default 2 x source pieces + 10)")
     p.add_argument("--json", metavar="PATH", type=Path, help='write {"bleu": float, "chrf": float, "sentences": int}')
@@ -1274,6 +1374,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", type=Path, required=True, help="directory to write")
     p.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16",
                    help="weight precision (default float16: half the size, same translations to within rounding)")
+    p.add_argument("--evaluate", metavar="BEAM", type=positive_int,
+                   help="score the exported weights on the test split with this beam and record the scores "
+                        "(what `attnlab evaluate --checkpoint OUT` reproduces)")
     p.add_argument("--scores", metavar="JSON", type=Path,
                    help="a JSON file of `attnlab evaluate --json` to record in the exported run.json")
     p.set_defaults(func=run_export)
@@ -1397,6 +1500,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         args.checkpoint = _default_checkpoint()
     ckpt_dir, run_dir = _resolve_checkpoint(args.checkpoint)
     record = read_run(run_dir)
+    if args.beam is None:
+        args.beam = int((record.get("exported", {}).get("scores") or {}).get("beam", 1))
     _set_threads(args)
     translator = Translator.load(args.checkpoint)
     splits = load_splits(DataSettings(**record["data"]), held_out_only=True)
@@ -1422,9 +1527,16 @@ def run_export(args: argparse.Namespace) -> int:
             scores = json.loads(Path(args.scores).read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
             raise ValueError(f"--scores {args.scores}: not a readable JSON file ({exc})") from None
-    out = export_translator(args.checkpoint, args.out, dtype=args.dtype, scores=scores)
+    if scores is not None and args.evaluate is not None:
+        raise ValueError("give --scores or --evaluate, not both: --evaluate measures the scores it records")
+    out = export_translator(args.checkpoint, args.out, dtype=args.dtype, scores=scores,
+                            evaluate_beam=args.evaluate, print_fn=print)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"exported {args.checkpoint} to {out} ({size / 2**20:.1f} MiB, {args.dtype} weights)")
+    rec = read_run(out)["exported"]["scores"]
+    if rec:
+        how = f", beam {rec['beam']}" if "beam" in rec else ""
+        print(f"recorded test scores: BLEU {rec.get('bleu', float('nan')):.2f}  chrF {rec.get('chrf', float('nan')):.2f}{how}")
     return 0
 
 

@@ -62,6 +62,10 @@ def test_export_writes_half_precision_weights_that_translate_like_the_run(run_di
     assert record["exported"]["dtype"] == "float16"
     assert record["exported"]["scores"]["bleu"] == 1.25
     assert record["model"] == "transformer"
+    examples = record["exported"]["examples"]
+    assert [e["de"] for e in examples] == list(tr.EXPORT_SENTENCES)
+    again = tr.Translator.load(out).translate(list(tr.EXPORT_SENTENCES), beam=tr.EXPORT_BEAM)
+    assert [e["en"] for e in examples] == [t.text for t in again]
 
     run, shipped = tr.Translator.load(run_dir), tr.Translator.load(out)
     assert next(shipped.model.parameters()).dtype == torch.float32  # cast back on load
@@ -74,6 +78,26 @@ def test_export_writes_half_precision_weights_that_translate_like_the_run(run_di
     a = run.model(src, lengths, tgt).log_softmax(-1)
     b = shipped.model(src, lengths, tgt).log_softmax(-1)
     torch.testing.assert_close(a, b, atol=2e-2, rtol=0)
+
+
+def test_export_evaluate_records_the_scores_evaluate_reproduces(run_dir, tmp_path, attnlab):
+    out = tmp_path / "scored"
+    rc, stdout, err = attnlab("export", "translate", "--checkpoint", run_dir, "--out", out, "--evaluate", "2")
+    assert rc == 0, err
+    rec = tr.read_run(out)["exported"]["scores"]
+    assert rec["beam"] == 2 and rec["sentences"] == 3 and rec["split"] == "test"
+    assert f"BLEU {rec['bleu']:.2f}" in stdout
+    js = tmp_path / "again.json"
+    rc, stdout, err = attnlab("evaluate", "--checkpoint", out, "--json", js)  # beam 2 from the record
+    assert rc == 0, err
+    assert "beam 2" in stdout
+    again = json.loads(js.read_text())
+    assert again["bleu"] == pytest.approx(rec["bleu"]) and again["chrf"] == pytest.approx(rec["chrf"])
+    scores = tmp_path / "s.json"
+    scores.write_text(json.dumps({"bleu": 1.0}))
+    rc, _, err = attnlab("export", "translate", "--checkpoint", run_dir, "--out", tmp_path / "x",
+                         "--evaluate", "2", "--scores", scores)
+    assert rc != 0 and "--scores or --evaluate, not both" in err
 
 
 def test_export_refuses_its_own_run_directory_and_bad_scores(run_dir, tmp_path, attnlab):
