@@ -565,7 +565,7 @@ def _default_checkpoint() -> Path:
 
 def export_translator(
     checkpoint, out, *, dtype: str = "float16", scores: dict | None = None, evaluate_beam: int | None = None,
-    print_fn=None,
+    average: Sequence | None = None, print_fn=None,
 ) -> Path:
     """Write the model of a training run as a small, inference-only run directory.
 
@@ -580,6 +580,11 @@ def export_translator(
     recorded instead: the figures a user reproduces with ``attnlab evaluate``.
     ``examples`` are the translations of :data:`EXPORT_SENTENCES` at beam
     :data:`EXPORT_BEAM` by the exported weights.
+
+    ``average``: checkpoint directories of the same run (e.g. snapshots of ``last/``)
+    whose weights are averaged (:func:`attnlab.train.checkpoint.average_weights`) and
+    exported instead of ``checkpoint``'s own; ``checkpoint`` still gives the tokenizer
+    and config.
     """
     import torch
 
@@ -595,6 +600,16 @@ def export_translator(
     out = Path(out)
     if out.resolve() == run_dir.resolve():
         raise ValueError(f"--out {out} is the run directory itself; export into a new directory")
+    averaged = None
+    if average:
+        from .train.checkpoint import average_weights
+
+        weights = average_weights(average)
+        expected = translator.model.state_dict()
+        if set(weights) != set(expected) or any(weights[k].shape != v.shape for k, v in expected.items()):
+            raise ValueError(f"--average: the checkpoints do not hold the model of {ckpt_dir} (other parameters or shapes)")
+        translator.model.load_state_dict(weights)
+        averaged = [str(Path(d)) for d in average]
     out.mkdir(parents=True, exist_ok=True)
     translator.tokenizer.save(out)
     model = translator.model.to(dtypes[dtype])
@@ -604,6 +619,8 @@ def export_translator(
     finally:
         translator.model.float()
     record = {**record, "exported": {"from": str(ckpt_dir), "dtype": dtype, "scores": dict(scores or {})}}
+    if averaged:
+        record["exported"]["averaged"] = averaged
     write_json_atomic(record, out / RUN_FILE)
     # What the exported weights (as loaded back) say to a few fixed sentences: the shipped
     # models' tests check that an installation reproduces them exactly.
@@ -1374,6 +1391,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", type=Path, required=True, help="directory to write")
     p.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16",
                    help="weight precision (default float16: half the size, same translations to within rounding)")
+    p.add_argument("--average", metavar="CKPT", type=Path, nargs="+",
+                   help="export the mean of these checkpoints' weights (same run, e.g. the last few saved "
+                        "last/ snapshots) instead of --checkpoint's own")
     p.add_argument("--evaluate", metavar="BEAM", type=positive_int,
                    help="score the exported weights on the test split with this beam and record the scores "
                         "(what `attnlab evaluate --checkpoint OUT` reproduces)")
@@ -1530,7 +1550,7 @@ def run_export(args: argparse.Namespace) -> int:
     if scores is not None and args.evaluate is not None:
         raise ValueError("give --scores or --evaluate, not both: --evaluate measures the scores it records")
     out = export_translator(args.checkpoint, args.out, dtype=args.dtype, scores=scores,
-                            evaluate_beam=args.evaluate, print_fn=print)
+                            evaluate_beam=args.evaluate, average=args.average, print_fn=print)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"exported {args.checkpoint} to {out} ({size / 2**20:.1f} MiB, {args.dtype} weights)")
     rec = read_run(out)["exported"]["scores"]

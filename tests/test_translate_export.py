@@ -100,6 +100,18 @@ def test_export_evaluate_records_the_scores_evaluate_reproduces(run_dir, tmp_pat
     assert rc != 0 and "--scores or --evaluate, not both" in err
 
 
+def test_export_average_writes_the_mean_of_the_checkpoints(run_dir, tmp_path, attnlab):
+    out = tmp_path / "averaged"
+    rc, _, err = attnlab("export", "translate", "--checkpoint", run_dir, "--out", out, "--dtype", "float32",
+                         "--average", run_dir / "last", run_dir / "best")
+    assert rc == 0, err
+    assert tr.read_run(out)["exported"]["averaged"] == [str(run_dir / "last"), str(run_dir / "best")]
+    last, best = (load_file(str(run_dir / d / "weights.safetensors")) for d in ("last", "best"))
+    got = load_file(str(out / "best" / "weights.safetensors"))
+    for k, v in got.items():
+        torch.testing.assert_close(v, (last[k].double() + best[k].double()).div(2).float())
+
+
 def test_export_refuses_its_own_run_directory_and_bad_scores(run_dir, tmp_path, attnlab):
     rc, _, err = attnlab("export", "translate", "--checkpoint", run_dir, "--out", run_dir)
     assert rc == 1 and "is the run directory itself" in err

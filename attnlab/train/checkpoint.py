@@ -34,7 +34,7 @@ import random
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -45,6 +45,7 @@ from .. import __version__
 
 __all__ = [
     "Checkpoint",
+    "average_weights",
     "CheckpointError",
     "CheckpointManager",
     "capture_rng_state",
@@ -546,6 +547,48 @@ def load_checkpoint(
         torch_version=record.get("torch_version", "?"),
         saved_at=record.get("saved_at", "?"),
     )
+
+
+def average_weights(directories: Sequence) -> dict[str, torch.Tensor]:
+    """The element-wise mean of the model weights of several checkpoints of one model.
+
+    Averaging the last few checkpoints of a run (Vaswani et al. 2017 average the last 5
+    or 20) smooths out the noise of the final updates. Floating-point tensors are
+    averaged in float64 and returned in their stored dtype; integer buffers (counters)
+    must agree and are kept. Every checkpoint is verified against its manifest.
+
+    Raises:
+        ValueError: fewer than one directory, or checkpoints of different parameter
+        names, shapes or dtypes (not the same model).
+    """
+    dirs = list(directories)
+    if not dirs:
+        raise ValueError("average_weights: give at least one checkpoint directory")
+    total: dict[str, torch.Tensor] = {}
+    first: dict[str, torch.Tensor] = {}
+    for i, d in enumerate(dirs):
+        path = _locate(d)
+        _read_record(path, verify=True)
+        weights = _load_tensors(path, WEIGHTS, "cpu")
+        if i == 0:
+            first = weights
+            total = {k: v.double() if v.is_floating_point() else v.clone() for k, v in weights.items()}
+            continue
+        if set(weights) != set(first):
+            diff = sorted(set(weights) ^ set(first))[:_MAX_LISTED]
+            raise ValueError(f"average_weights: {path} has other parameters than {dirs[0]} (e.g. {', '.join(diff)})")
+        for k, v in weights.items():
+            if v.shape != first[k].shape or v.dtype != first[k].dtype:
+                raise ValueError(
+                    f"average_weights: {k} is {tuple(v.shape)} {v.dtype} in {path} but "
+                    f"{tuple(first[k].shape)} {first[k].dtype} in {dirs[0]}: not the same model"
+                )
+            if v.is_floating_point():
+                total[k] += v.double()
+            elif not torch.equal(v, first[k]):
+                raise ValueError(f"average_weights: integer buffer {k} differs between {dirs[0]} and {path}")
+    n = len(dirs)
+    return {k: (v / n).to(first[k].dtype) if first[k].is_floating_point() else v for k, v in total.items()}
 
 
 def read_checkpoint(directory) -> Checkpoint:

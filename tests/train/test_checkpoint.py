@@ -13,6 +13,7 @@ from attnlab.train import checkpoint as ckpt_mod
 from attnlab.train.checkpoint import (
     CheckpointError,
     CheckpointManager,
+    average_weights,
     load_checkpoint,
     read_checkpoint,
     save_checkpoint,
@@ -291,3 +292,31 @@ def test_manager_keeps_best_and_last(tmp_path):
     assert again.save_best(0.3, model, higher_is_better=False)
     with pytest.raises(TypeError, match="higher_is_better must be a bool"):
         again.save_best(0.1, model, higher_is_better="max")
+
+
+def test_average_weights_is_the_elementwise_mean_and_refuses_other_models(tmp_path):
+    models = []
+    for i in range(3):
+        torch.manual_seed(i)
+        m = Tiny()
+        save_checkpoint(tmp_path / f"c{i}", m, config=TinyConfig())
+        models.append(m)
+    avg = average_weights([tmp_path / f"c{i}" for i in range(3)])
+    for name, p in models[0].state_dict().items():
+        if p.is_floating_point():
+            expected = torch.stack([m.state_dict()[name] for m in models]).mean(0)
+            torch.testing.assert_close(avg[name], expected)
+            assert avg[name].dtype == p.dtype
+        else:
+            assert torch.equal(avg[name], p)  # the int buffer is kept
+    assert set(avg) == set(models[0].state_dict())
+    one = average_weights([tmp_path / "c1"])
+    assert all(torch.equal(one[k], v) for k, v in models[1].state_dict().items())
+
+    save_checkpoint(tmp_path / "wide", Tiny(d_hidden=6), config=TinyConfig())
+    with pytest.raises(ValueError, match=r"a\.(weight|bias) is \(6,.*not the same model"):
+        average_weights([tmp_path / "c0", tmp_path / "wide"])
+    with pytest.raises(ValueError, match="at least one checkpoint"):
+        average_weights([])
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        average_weights([tmp_path / "c0", tmp_path / "nowhere"])
