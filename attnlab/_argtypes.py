@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 
-__all__ = ["positive_int", "nonnegative_int", "positive_float", "probability"]
+__all__ = ["positive_int", "nonnegative_int", "positive_float", "probability", "add_threads_argument", "set_threads"]
 
 
 def positive_int(text: str) -> int:
@@ -47,3 +47,17 @@ def probability(text: str) -> float:
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text}")
     return value
+
+
+def add_threads_argument(p: argparse.ArgumentParser) -> None:
+    """``--threads N`` (default 1), shared by the training and translation commands."""
+    p.add_argument("--threads", type=positive_int, default=1, metavar="N",
+                   help="torch CPU threads (default 1: these small models run many tiny operations, and a second "
+                        "thread mostly waits for the first, badly so when another program holds a core)")
+
+
+def set_threads(args: argparse.Namespace) -> None:
+    """Apply ``--threads`` (torch is imported here, so that ``attnlab --help`` stays instant)."""
+    import torch
+
+    torch.set_num_threads(args.threads)

@@ -37,7 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, Sequence
 
+from ._argtypes import add_threads_argument as _add_threads_argument
 from ._argtypes import nonnegative_int, positive_float, positive_int, probability
+from ._argtypes import set_threads as _set_threads
 from ._io import check_output_path, write_json_atomic
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -1229,18 +1231,6 @@ def _threads() -> int:
 
 
 # ----------------------------------------------------------------------------- CLI
-
-
-def _add_threads_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", type=positive_int, default=1, metavar="N",
-                   help="torch CPU threads (default 1: these small models run many tiny operations, and a second "
-                        "thread mostly waits for the first, badly so when another program holds a core)")
-
-
-def _set_threads(args) -> None:
-    import torch
-
-    torch.set_num_threads(args.threads)
 
 
 def _add_data_arguments(p: argparse.ArgumentParser) -> None:

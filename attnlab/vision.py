@@ -764,7 +764,7 @@ def _sizes_from_args(args, model: str) -> dict:
 
 
 def _add_training_arguments(p: argparse.ArgumentParser):
-    from .translate import _add_threads_argument
+    from ._argtypes import add_threads_argument as _add_threads_argument
 
     d = VisionOptions()
     g = p.add_argument_group("training")
@@ -878,7 +878,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 def run_train(args: argparse.Namespace) -> int:
     """``attnlab train vision``."""
-    from .translate import _set_threads
+    from ._argtypes import set_threads as _set_threads
 
     limits_given = any(getattr(args, k) is not None for k in _LIMITS)
     steps = args.steps if limits_given else 1000
@@ -912,7 +912,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_experiment_command(args: argparse.Namespace) -> int:
     """``attnlab experiment cnn-vs-vit``."""
-    from .translate import _set_threads
+    from ._argtypes import set_threads as _set_threads
 
     sizes = args.sizes or list(QUICK["sizes"] if args.quick else EXPERIMENT_SIZES)
     steps = args.steps or (QUICK["steps"] if args.quick else EXPERIMENT_STEPS)

@@ -848,7 +848,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     from ..cli import command_group
     from .._argtypes import positive_float
     from .._argtypes import positive_int as _positive_count
-    from ..translate import _add_threads_argument
+    from .._argtypes import add_threads_argument as _add_threads_argument
 
     group = command_group(subparsers, "experiment", help="reproduce published claims: attnlab experiment TASK")
     p = group.add_parser(
