@@ -68,9 +68,11 @@ import gc
 import glob
 import gettext
 import hashlib
+import io
 import json
 import os
 import re
+import struct
 import sys
 import unicodedata
 from dataclasses import dataclass
@@ -255,8 +257,46 @@ def _strip_accelerator(text: str) -> str | None:
 
 
 def _read_mo(path: str) -> dict:
+    """The catalog of one ``.mo`` file, as :class:`gettext.GNUTranslations` reads it.
+
+    The standard library decodes the header entry as UTF-8 before it has read the
+    header's own ``charset``; an old Latin-1 catalog (net-tools: ``Last-Translator: Ralf
+    B\xe4chle``) then fails on a translator's name. Such a header is read again with
+    its non-ASCII bytes replaced by ``?`` (same length, so every offset holds), and the
+    messages are decoded with the charset it declares.
+    """
     with open(path, "rb") as fh:
-        return gettext.GNUTranslations(fh)._catalog
+        data = fh.read()
+    try:
+        return gettext.GNUTranslations(io.BytesIO(data))._catalog
+    except UnicodeDecodeError:
+        fixed = _ascii_mo_header(data)
+        if fixed is None:
+            raise
+        return gettext.GNUTranslations(io.BytesIO(fixed))._catalog
+
+
+def _ascii_mo_header(data: bytes) -> bytes | None:
+    """``data`` with the non-ASCII bytes of its header entry (the translation of the empty
+    msgid) replaced by ``?``; ``None`` when the header is plain ASCII or missing."""
+    if len(data) < 20:
+        return None
+    magic = struct.unpack("<I", data[:4])[0]
+    order = "<" if magic == 0x950412DE else ">" if magic == 0xDE120495 else None
+    if order is None:
+        return None
+    n, ids_at, strs_at = struct.unpack(order + "3I", data[8:20])
+    for i in range(n):
+        id_len, _ = struct.unpack(order + "2I", data[ids_at + 8 * i : ids_at + 8 * i + 8])
+        if id_len:
+            continue
+        length, offset = struct.unpack(order + "2I", data[strs_at + 8 * i : strs_at + 8 * i + 8])
+        header = data[offset : offset + length]
+        if header.isascii():
+            return None
+        clean = bytes(b if b < 0x80 else 0x3F for b in header)
+        return data[:offset] + clean + data[offset + length :]
+    return None
 
 
 def gettext_pairs(paths: Iterable[str | os.PathLike], warn: Callable[[str], None] | None = None) -> list[_RawPair]:

@@ -129,6 +129,20 @@ def test_gettext_undecodable_catalog_skipped_with_warning(tmp_path, locale):
     assert ("Datei öffnen", "Open File") in pairs  # the good catalog still read
 
 
+def test_gettext_latin1_catalog_with_a_non_ascii_header_is_read(tmp_path):
+    # Old catalogs declare charset=iso-8859-1 and name the translator in Latin-1; the
+    # stdlib parser decodes that header as UTF-8 and fails, attnlab reads it anyway.
+    header = "Last-Translator: Ralf Bächle\nContent-Type: text/plain; charset=iso-8859-1\n".encode("latin-1")
+    mo = write_mo(tmp_path / "net-tools.mo", {}, charset_bytes={
+        b"": header, b"Active connections": "Aktive Verbindungen für Geräte".encode("latin-1")})
+    with pytest.raises(UnicodeDecodeError):
+        gettext.GNUTranslations(open(mo, "rb"))  # the stdlib alone
+    warnings = []
+    pairs = gettext_pairs([mo], warnings.append)
+    assert warnings == []
+    assert pairs == [("Aktive Verbindungen für Geräte", "Active connections")]
+
+
 def test_strip_accelerator_refuses_identifiers():
     assert cd._strip_accelerator("Ö_ffnen") == "Öffnen"
     assert cd._strip_accelerator("_a_b") is None
