@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.attnlab-installed
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test install browser clean
+.PHONY: demo test install browser data clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -26,7 +26,7 @@ install: $(STAMP)
 # Transformer, and write runs/demo/report.html with the alignments; then the step-by-step
 # self-attention walkthrough. Re-running resumes runs/demo (delete it to train afresh).
 DEMO_MINUTES ?= 4
-demo: $(STAMP)
+demo: $(STAMP) data
 	$(BIN)/attnlab demo translate --out runs/demo --minutes $(DEMO_MINUTES)
 	$(BIN)/attnlab explain "The animal did not cross the street because it was too tired ." --out explain.png
 
@@ -41,8 +41,14 @@ browser:
 	  || echo "could not install chromium; the browser test will skip"; \
 	else echo "chromium not found: sudo apt-get install chromium chromium-driver (the browser test skips without it)"; fi
 
+# The German-English data: the Ding dictionary (Debian package trans-de-en) holds the
+# test sentences the shipped translation models are scored on. attnlab installs it with
+# apt-get when it runs as root; otherwise it says which command to run.
+data: $(STAMP)
+	$(BIN)/python -c "from attnlab.data.debian import ensure_debian_package as e; e('trans-de-en', '/usr/share/trans/de-en')"
+
 # Bytecode caching on: torch's lazy imports (dynamo, sympy) cost seconds per worker without it.
-test: $(STAMP) browser
+test: $(STAMP) browser data
 	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) -p no:cacheprovider tests
 
 clean:

@@ -303,6 +303,10 @@ def test_demo_trains_both_models_prints_bleu_side_by_side_and_writes_a_self_cont
     assert images and all(base64.b64decode(i).startswith(PNG_MAGIC) for i in images)
     assert "src=\"http" not in html and "<script" not in html  # nothing to fetch, nothing to run
     assert "RNNsearch" in html and "Alignments" in html
+    # the shipped Transformer translates the same sentences beside the live-trained models
+    assert re.search(r"^transformer \(shipped\) +\S", text, re.M)
+    assert "transformer" in result.shipped and "The shipped models" in html
+    assert html.count("transformer (shipped):") >= 1  # its alignment figure
 
 
 def test_report_blocks_escape_text_and_embed_png(tmp_path):
