@@ -596,6 +596,8 @@ def export_translator(
     dtypes = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
     if dtype not in dtypes:
         raise ValueError(f"dtype must be one of {', '.join(dtypes)}, got {dtype!r}")
+    if evaluate_beam is not None:
+        check_positive_int(evaluate_beam, "evaluate_beam")
     ckpt_dir, run_dir = _resolve_checkpoint(checkpoint)
     record = read_run(run_dir)
     translator = Translator.load(checkpoint)
@@ -606,11 +608,10 @@ def export_translator(
     if average:
         from .train.checkpoint import average_weights
 
-        weights = average_weights(average)
-        expected = translator.model.state_dict()
-        if set(weights) != set(expected) or any(weights[k].shape != v.shape for k, v in expected.items()):
-            raise ValueError(f"--average: the checkpoints do not hold the model of {ckpt_dir} (other parameters or shapes)")
-        translator.model.load_state_dict(weights)
+        try:
+            translator.model.load_state_dict(average_weights(average))
+        except RuntimeError as exc:  # strict: other parameter names or shapes
+            raise ValueError(f"--average: the checkpoints do not hold the model of {ckpt_dir}: {exc}") from None
         averaged = [str(Path(d)) for d in average]
     out.mkdir(parents=True, exist_ok=True)
     translator.tokenizer.save(out)
@@ -623,12 +624,8 @@ def export_translator(
     record = {**record, "exported": {"from": str(ckpt_dir), "dtype": dtype, "scores": dict(scores or {})}}
     if averaged:
         record["exported"]["averaged"] = averaged
-    write_json_atomic(record, out / RUN_FILE)
-    # What the exported weights (as loaded back) say to a few fixed sentences: the shipped
-    # models' tests check that an installation reproduces them exactly.
-    exported = Translator.load(out)
+    exported = Translator.load(out)  # scores and examples come from the weights as shipped
     if evaluate_beam is not None:
-        check_positive_int(evaluate_beam, "evaluate_beam")
         test = load_splits(DataSettings(**record["data"]), held_out_only=True)["test"]
         if print_fn is not None:
             print_fn(f"scoring the exported weights on {len(test)} test sentences, beam {evaluate_beam} ...")
@@ -636,6 +633,7 @@ def export_translator(
         record["exported"]["scores"] = {"bleu": float(got["bleu"]), "chrf": float(got["chrf"]),
                                         "sentences": int(got["sentences"]), "beam": int(evaluate_beam),
                                         "split": "test"}
+    # The shipped models' tests check that an installation reproduces these exactly.
     record["exported"]["examples"] = [
         {"de": t.source, "en": t.text, "beam": EXPORT_BEAM}
         for t in exported.translate(list(EXPORT_SENTENCES), beam=EXPORT_BEAM)
@@ -1023,6 +1021,13 @@ def shipped_translators() -> dict[str, "Translator"]:
     return out
 
 
+def _decoding_label(scores: dict) -> str:
+    """How recorded scores were decoded: ``beam N``, ``greedy``, or ``-`` when none are recorded."""
+    if "bleu" not in scores:
+        return "-"
+    return f"beam {scores['beam']}" if scores.get("beam", 1) > 1 else "greedy"
+
+
 def shipped_scores(name: str) -> dict:
     """The test scores recorded when the shipped model ``name`` was exported (``{}`` if none)."""
     return dict(read_run(pretrained_path(name)).get("exported", {}).get("scores") or {})
@@ -1124,8 +1129,7 @@ def run_demo(
             shipped_table[name] = {**rec, "parameters": n_params}
             bleu = f"{rec['bleu']:>8.2f}" if "bleu" in rec else f"{'-':>8}"
             chrf = f"{rec['chrf']:>8.2f}" if "chrf" in rec else f"{'-':>8}"
-            how = f"beam {rec['beam']}" if rec.get("beam", 1) > 1 else ("greedy" if rec else "not recorded")
-            print_fn(f"{name + ' (shipped)':<22}{n_params / 1e6:>8.2f}M{bleu}{chrf}  {how}")
+            print_fn(f"{name + ' (shipped)':<22}{n_params / 1e6:>8.2f}M{bleu}{chrf}  {_decoding_label(rec)}")
     elif shipped:
         print_fn("\n(no shipped models in this installation: only the live-trained ones translate below)")
 
@@ -1194,7 +1198,7 @@ def _write_demo_report(out: Path, runs, scores, rows, minutes, params, beam, voc
             ["model", "parameters", "BLEU", "chrF", "decoding"],
             [[f"{n} (shipped)", f"{rec['parameters'] / 1e6:.2f} M",
               f"{rec['bleu']:.2f}" if "bleu" in rec else "-", f"{rec['chrf']:.2f}" if "chrf" in rec else "-",
-              f"beam {rec['beam']}" if rec.get("beam", 1) > 1 else ("greedy" if "bleu" in rec else "-")]
+              _decoding_label(rec)]
              for n, rec in shipped.items()],
         )
     names = list(rows[0][2]) if rows else names
