@@ -44,8 +44,16 @@ browser:
 # The German-English data: the Ding dictionary (Debian package trans-de-en) holds the
 # test sentences the shipped translation models are scored on. attnlab installs it with
 # apt-get when it runs as root; otherwise it says which command to run.
+# espeak-ng (synthetic speech) and dataset-fashion-mnist (real images) are optional: the
+# tests that read them run when they are here and skip with their reason when not, so
+# failing to install them does not stop `make data`.
+OPTIONAL_DATA := espeak-ng:/usr/bin/espeak-ng dataset-fashion-mnist:/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
 data: $(STAMP)
 	$(BIN)/python -c "from attnlab.data.debian import ensure_debian_package as e; e('trans-de-en', '/usr/share/trans/de-en')"
+	@for item in $(OPTIONAL_DATA); do \
+	  $(BIN)/python -c "import sys; from attnlab.data.debian import ensure_debian_package as e; e(*sys.argv[1].split(':', 1))" "$$item" \
+	  || echo "optional data $${item%%:*} not installed; the tests that need it will skip"; \
+	done
 
 # Bytecode caching on: torch's lazy imports (dynamo, sympy) cost seconds per worker without it.
 test: $(STAMP) browser data
