@@ -160,9 +160,14 @@ def test_ctrl_c_during_the_update_finishes_it_first(tmp_path):
             signal.raise_signal(signal.SIGINT)
 
     trainer.optimizer.register_step_post_hook(sigint_after_update)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    result = trainer.fit()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    # Python's own Ctrl-C handler, as in a terminal; a test run started as a background
+    # job (`make test &`) inherits SIGINT ignored, which the trainer rightly leaves alone.
+    before_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        result = trainer.fit()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    finally:
+        signal.signal(signal.SIGINT, before_int)
     assert result.stop_reason == "interrupted" and result.step == 5
     assert records(tmp_path / "run", "valid") == []
     resumed = make_trainer(tmp_path / "run", 13, init_seed=9, eval_every=5)
