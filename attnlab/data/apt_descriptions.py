@@ -44,7 +44,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .debian import _apt_get, _is_root, _run, _tail
+from .debian import APT_LISTS, _apt_get, _is_root, _run, _tail
 
 __all__ = [
     "APT_LISTS",
@@ -55,7 +55,6 @@ __all__ = [
     "parse_translation_index",
 ]
 
-APT_LISTS = Path("/var/lib/apt/lists")
 
 # Compressions apt may keep its lists in (Acquire::GzipIndexes / KeepCompressedAs).
 _SUFFIXES = ("", ".lz4", ".xz", ".gz", ".bz2", ".zst", ".lzma")

@@ -25,6 +25,10 @@ _PACKAGE_NAME = re.compile(r"[a-z0-9][a-z0-9+.\-]+")
 # apt-get's messages when its package lists are missing or stale; `apt-get update` cures them.
 _NEEDS_UPDATE = ("Unable to locate package", "has no installation candidate", "404  Not Found")
 _APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
+# apt's package lists; `Translation-<lang>` indexes (package descriptions, read by
+# attnlab.data.apt_descriptions) sit there as ..._i18n_Translation-de[.lz4|.gz|...].
+APT_LISTS = Path("/var/lib/apt/lists")
+_TRANSLATION_INDEX = re.compile(r"_i18n_Translation-([A-Za-z_]+)(?:\.[A-Za-z0-9]+)?$")
 
 
 class DebianPackageMissing(FileNotFoundError):
@@ -48,6 +52,25 @@ def _run(cmd: list[str]) -> subprocess.CompletedProcess:
 def _tail(proc: subprocess.CompletedProcess, n: int = 5) -> str:
     lines = (proc.stdout + proc.stderr).strip().splitlines()
     return "\n  ".join(lines[-n:])
+
+
+def _update_command(apt: str, lists_dir: Path | None = None) -> list[str]:
+    """``apt-get update``, keeping the languages whose Translation indexes are present.
+
+    A plain ``apt-get update`` deletes every Translation index outside its configured
+    languages (by default only English), e.g. the German descriptions fetched with
+    ``-o Acquire::Languages=en,de``; the combined German-English corpus would then have
+    to fetch them again.
+    """
+    lists_dir = APT_LISTS if lists_dir is None else lists_dir
+    try:
+        names = [p.name for p in lists_dir.iterdir()]
+    except OSError:
+        names = []
+    langs = {m.group(1) for n in names if (m := _TRANSLATION_INDEX.search(n))}
+    if not langs:
+        return [apt, "update"]
+    return [apt, "-o", f"Acquire::Languages={','.join(sorted(langs | {'en'}))}", "update"]
 
 
 def ensure_debian_package(package: str, path: str | os.PathLike) -> Path:
@@ -96,7 +119,7 @@ def ensure_debian_package(package: str, path: str | os.PathLike) -> Path:
     install = [apt, "install", "-y", "--no-install-recommends", package]
     proc = _run(install)
     if proc.returncode != 0 and any(m in proc.stdout + proc.stderr for m in _NEEDS_UPDATE):
-        update = _run([apt, "update"])
+        update = _run(_update_command(apt))
         if update.returncode != 0:
             raise DebianPackageMissing(
                 f"{path} not found and `apt-get update` failed (exit {update.returncode}) while "

@@ -365,7 +365,7 @@ class FakeApt:
         self.calls.append(cmd[1:])
         if self.fail:
             return subprocess.CompletedProcess(cmd, 100, "", "E: Sub-process /usr/bin/dpkg returned an error code (1)")
-        if cmd[1] == "update":
+        if cmd[-1] == "update":
             self.needs_update = False
             return subprocess.CompletedProcess(cmd, 0, "Reading package lists... Done", "")
         if self.needs_update:
@@ -378,6 +378,7 @@ def _system(monkeypatch, *, root, apt, run=None):
     monkeypatch.setattr(debian, "_is_root", lambda: root)
     monkeypatch.setattr(debian, "_apt_get", lambda: "/usr/bin/apt-get" if apt else None)
     monkeypatch.setattr(debian, "_run", run or (lambda cmd: pytest.fail(f"ran {cmd}")))
+    monkeypatch.setattr(debian, "APT_LISTS", Path("/nonexistent/apt/lists"))  # no Translation indexes
 
 
 def test_existing_path_runs_nothing(monkeypatch, tmp_path):
@@ -409,6 +410,23 @@ def test_root_installs_after_update(monkeypatch, tmp_path, capsys):
     assert apt.calls == [install, ["update"], install]
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "installing Debian package trans-de-en" in err
+
+
+def test_update_keeps_the_translation_indexes_already_fetched(monkeypatch, tmp_path):
+    # Translation-de was fetched with -o Acquire::Languages=en,de (combined corpus); a plain
+    # `apt-get update` would delete it, so the update names the languages found.
+    target = tmp_path / "de-en"
+    apt = FakeApt(target)
+    _system(monkeypatch, root=True, apt=True, run=apt)
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    for name in ("deb.debian.org_debian_dists_bookworm_main_i18n_Translation-de.lz4",
+                 "deb.debian.org_debian_dists_bookworm_main_i18n_Translation-pt_BR",
+                 "deb.debian.org_debian_dists_bookworm_main_binary-amd64_Packages.lz4"):
+        (lists / name).write_text("")
+    monkeypatch.setattr(debian, "APT_LISTS", lists)
+    assert ensure_debian_package("trans-de-en", target) == target
+    assert apt.calls[1] == ["-o", "Acquire::Languages=de,en,pt_BR", "update"]
 
 
 def test_root_install_failure_reports_apt_output(monkeypatch, tmp_path):
