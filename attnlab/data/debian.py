@@ -54,7 +54,7 @@ def _tail(proc: subprocess.CompletedProcess, n: int = 5) -> str:
     return "\n  ".join(lines[-n:])
 
 
-def _update_command(apt: str, lists_dir: Path | None = None) -> list[str]:
+def _update_command(apt: str) -> list[str]:
     """``apt-get update``, keeping the languages whose Translation indexes are present.
 
     A plain ``apt-get update`` deletes every Translation index outside its configured
@@ -62,9 +62,8 @@ def _update_command(apt: str, lists_dir: Path | None = None) -> list[str]:
     ``-o Acquire::Languages=en,de``; the combined German-English corpus would then have
     to fetch them again.
     """
-    lists_dir = APT_LISTS if lists_dir is None else lists_dir
     try:
-        names = [p.name for p in lists_dir.iterdir()]
+        names = [p.name for p in APT_LISTS.iterdir()]
     except OSError:
         names = []
     langs = {m.group(1) for n in names if (m := _TRANSLATION_INDEX.search(n))}
