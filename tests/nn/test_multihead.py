@@ -451,6 +451,40 @@ def test_kv_cache_decoding_equals_full_causal_forward(positional, kv_heads, max_
     assert_close(o0, full[:, :1], **TOL)
 
 
+@pytest.mark.parametrize("batch", [1, 3])
+def test_one_token_decode_step_takes_the_lean_path_and_matches_the_full_forward(batch):
+    from attnlab.kernels.dispatch import explain_paths
+
+    m = _decoder(None, HG)
+    T = 6
+    x = torch.randn(batch, T, EG, generator=torch.Generator().manual_seed(3))
+    full, _ = m(x, x, x, is_causal=True, need_weights=False)
+    cache, outs = KVCache(max_len=T), []
+    with torch.no_grad(), explain_paths() as log:
+        outs.append(m(x[:, :2], x[:, :2], x[:, :2], kv_cache=cache, need_weights=False)[0])  # prefill: general
+        for t in range(2, T):
+            xt = x[:, t : t + 1]
+            o, w = m(xt, xt, xt, kv_cache=cache, need_weights=False)
+            assert w is None and o.shape == (batch, 1, EG)
+            outs.append(o)
+    assert [r.reason for r in log] == ["causal"] + ["decode step"] * (T - 2)
+    assert_close(torch.cat(outs, dim=1), full, **TOL)
+    # What the lean path does not cover goes the general way: weights, masks, another impl,
+    # positions inside attention, grouped-query heads (separate projections).
+    xt = x[:, :1]
+    cases = [
+        (m, dict(need_weights=True)),
+        (m, dict(need_weights=False, key_padding_mask=torch.zeros(batch, 1, dtype=torch.bool))),
+        (m, dict(need_weights=False, impl="reference")),
+        (_decoder("rope", HG), dict(need_weights=False)),
+        (_decoder(None, 2), dict(need_weights=False)),
+    ]
+    for mod, kw in cases:
+        with torch.no_grad(), explain_paths() as log:
+            mod(xt, xt, xt, kv_cache=KVCache(), **kw)
+        assert log and all(r.reason != "decode step" for r in log), kw
+
+
 @pytest.mark.parametrize("positional", ["rope", "alibi", "t5", "shaw"])
 def test_positional_paths_agree_and_change_the_output(positional):
     m = _decoder(positional, 2)
