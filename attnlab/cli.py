@@ -52,6 +52,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "attnlab.vision",
     "attnlab.embed",
     "attnlab.viz_cli",
+    "attnlab.curves",
     "attnlab.recommend",
     "attnlab.speech",
     "attnlab.summarize",
