@@ -72,6 +72,68 @@ def test_alibi_values_and_gradients_match_reference(T, causal, learnable):
     check_against_attend(q, k, v, alibi_bias_fn(slopes), dense, params, causal=causal, block_size=(4, 5))
 
 
+STEEP = (2.0, 1.0, 0.5, 0.02)  # slopes steep enough to leave keys out at T ~ 300 (the last one: none)
+
+
+def _plan(fn, q, k, *, causal, block_size=None):
+    from attnlab.kernels.bias import _decay_plan, _Spec
+
+    B, H, Tq, D = q.shape
+    spec = _Spec(fn, H, Tq, k.shape[-2], causal, D**-0.5, block_size, q.dtype, q.device)
+    return _decay_plan(spec, q.detach().flip(2), k.detach()), spec
+
+
+@pytest.mark.parametrize("Tq, Tk", [(300, 300), (260, 300), (300, 250)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_decaying_bias_skips_far_keys_and_still_matches_reference(Tq, Tk, causal):
+    q, k, v = qkv(2, 4, Tq, Tk, 16, seed=Tq + Tk)
+    slopes = torch.tensor(STEEP, dtype=F64)
+    fn = alibi_bias_fn(slopes)
+    assert fn.decay is not None
+    plan, spec = _plan(fn, q, k, causal=causal, block_size=(64, 64))
+    assert spec.kept < 0.7  # the steep heads keep a narrow band
+    assert any(j0 > 0 for _, _, _, j0, _, _ in plan) and any(h == 3 for h, *_ in plan)
+    dense = alibi_bias_from_relative(slopes, relative_positions(Tq, Tk))
+    out, _ = check_against_attend(q, k, v, fn, dense, (), causal=causal, block_size=(64, 64))
+    if causal and Tq > Tk:
+        assert out[..., : Tq - Tk, :].abs().max() == 0
+
+
+def test_decay_bound_follows_the_data_not_the_distance_alone():
+    # A far key (190) aligned with the first 20 queries and long enough that its score
+    # beats head 1's ALiBi penalty: that head's band must reach it (the bound uses
+    # max |k|), and the result agrees. Under head 0's steeper slope it weighs nothing.
+    q, k, v = qkv(1, 2, 200, 200, 8, seed=3)
+    u = torch.nn.functional.normalize(torch.randn(8, dtype=F64, generator=torch.Generator().manual_seed(0)), dim=0)
+    with torch.no_grad():
+        k[:, :, 190] = 100.0 * u
+        q[:, :, :20] = 3.0 * u + 0.1 * q[:, :, :20]
+    slopes = torch.tensor((1.0, 0.25), dtype=F64)
+    fn = alibi_bias_fn(slopes)
+    plan, _ = _plan(fn, q, k, causal=False, block_size=(50, 50))
+    assert [j1 > 190 for h, i0, i1, j0, j1, _ in plan if i0 == 0][1]
+    dense = alibi_bias_from_relative(slopes, relative_positions(200, 200))
+    out, w = check_against_attend(q, k, v, fn, dense, (), causal=False, block_size=(50, 50))
+    assert w[0, 1, :20, 190].min() > 0.5  # the far key really does carry head 1's weight
+    assert w[0, 0, :20, 190].max() < 1e-20
+
+
+def test_decay_plan_gives_up_on_non_finite_inputs_and_learnable_slopes_still_work():
+    q, k, v = qkv(1, 2, 40, 40, 8, seed=4)
+    with torch.no_grad():
+        k[0, 1, 5] = math.inf
+    assert _plan(alibi_bias_fn(torch.tensor((1.0, 0.5), dtype=F64)), q, k, causal=False)[0] is None
+    # Learnable steep slopes: the forward skips far keys; the plain-torch backward still
+    # covers every tile and the slope gradient matches the reference.
+    q, k, v = qkv(1, 2, 150, 150, 8, seed=5)
+    slopes = torch.tensor((1.0, 0.3), dtype=F64, requires_grad=True)
+    dense = alibi_bias_from_relative(slopes, relative_positions(150, 150))
+    check_against_attend(q, k, v, alibi_bias_fn(slopes), dense, (slopes,), causal=True, block_size=(32, 32))
+    with pytest.raises(ValueError, match="decay must be a \\(H,\\) tensor of positive rates"):
+        TileBias(per_rel=lambda rel: rel[None].double(), decay=torch.tensor([1.0, 0.0]))
+    assert alibi_bias_fn(torch.tensor([0.5, -0.1])).decay is None  # growing bias: no promise
+
+
 @pytest.mark.parametrize("Tq, Tk", [(5, 11), (11, 5), (7, 3)])
 @pytest.mark.parametrize("causal", [False, True])
 def test_cross_lengths_follow_the_position_convention(Tq, Tk, causal):
