@@ -169,6 +169,7 @@ class TrainOptions:
     seed: int = 0
     quiet: bool = False
     patience: int | None = None
+    precision: str = "float32"
 
 
 #: Per-model ``lr``, ``schedule``, ``warmup`` when :class:`TrainOptions` leaves them None.
@@ -272,6 +273,16 @@ def _parse_field_value(config_cls, key: str, text: str):
     default = fields[key].default
     if default is dataclasses.MISSING or key == "name":
         raise ValueError(f"--set {key}=...: {key} is set by the run itself, not from the command line")
+    if default is None:
+        # An optional field ("float | None" and the like): "none" keeps None, else the
+        # number its annotation names.
+        kind = str(fields[key].type)
+        if text.lower() == "none":
+            return None
+        default = 0.0 if "float" in kind else 0 if "int" in kind else ""
+        optional = " (or none)"
+    else:
+        optional = ""
     try:
         if isinstance(default, bool):
             if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
@@ -283,7 +294,7 @@ def _parse_field_value(config_cls, key: str, text: str):
             return float(text)
     except ValueError:
         raise ValueError(
-            f"--set {key}={text}: expected a {type(default).__name__} like the default {default!r}"
+            f"--set {key}={text}: expected a {type(default).__name__}{optional} like the default {fields[key].default!r}"
         ) from None
     return text
 
@@ -769,6 +780,8 @@ def train_translation(
         raise ValueError("give a training limit: --minutes, --steps or --epochs")
     if options.schedule == "cosine" and options.steps is None:
         raise ValueError("--schedule cosine needs --steps (the length of its decay)")
+    if options.precision not in ("float32", "bfloat16"):
+        raise ValueError(f"--precision must be float32 or bfloat16, got {options.precision!r}")
     if resume:
         record = read_run(out)
         if model is not None and model != record["model"]:
@@ -879,6 +892,7 @@ def train_translation(
         seed=options.seed,
         unit="tok",
         quiet=options.quiet,
+        autocast=None if options.precision == "float32" else options.precision,
     )
     trainer = Trainer(net, optimizer, loss_fn, batches, out, train_config, scheduler=scheduler, validate=validate,
                       model_config=config, resume_hint=resume_hint or f"attnlab train translate --out {out} --resume")
@@ -1320,6 +1334,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="linear warmup steps (default 50, 200 for the transformer)")
     g.add_argument("--label-smoothing", type=probability, default=TrainOptions.label_smoothing, metavar="EPS",
                    help=f"label smoothing epsilon (default {TrainOptions.label_smoothing:g}; 0.1 in Vaswani et al.)")
+    g.add_argument("--precision", choices=("float32", "bfloat16"), default=TrainOptions.precision,
+                   help="bfloat16: mixed precision (torch.autocast; weights and optimizer stay float32). On CPUs "
+                        "with AMX (Intel Sapphire Rapids and later) its matmuls run ~10x faster (default float32)")
     s = p.add_argument_group("model size (default: the model's own defaults)")
     s.add_argument("--width", type=positive_int, help="embedding and hidden size (d_model for the transformer)")
     s.add_argument("--params", type=positive_int, metavar="N", help="parameter budget instead of --width")
@@ -1433,7 +1450,7 @@ def run_train(args: argparse.Namespace) -> int:
         minutes=minutes, steps=args.steps, epochs=args.epochs, batch_tokens=args.batch_tokens, lr=args.lr,
         schedule=args.schedule, warmup=args.warmup, label_smoothing=args.label_smoothing,
         eval_every=args.eval_every, valid_sentences=args.valid_sentences, seed=args.seed, quiet=args.quiet,
-        patience=args.patience,
+        patience=args.patience, precision=args.precision,
     )
     sizes = None
     size_flags = {k: getattr(args, k) for k in ("width", "params", "layers", "heads", "dropout")}

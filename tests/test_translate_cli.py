@@ -112,6 +112,26 @@ def test_resume_continues_from_the_saved_step(trained, tmp_path, attnlab):
     assert tr.read_run(run)["train"]["steps"] == 6
 
 
+def test_bfloat16_transformer_without_ffn_dropout_trains_and_records_its_settings(tmp_path, attnlab):
+    run = tmp_path / "bf16"
+    rc, _, err = attnlab("train", "translate", "--model", "transformer", "--out", run, "--steps", "2", "--width", "16",
+                         "--heads", "2", "--layers", "1", "--precision", "bfloat16", "--set", "ffn_dropout=0",
+                         "--eval-every", "2", "--valid-sentences", "2", *DATA)
+    assert rc == 0, err
+    record = tr.read_run(run)
+    assert record["train"]["precision"] == "bfloat16" and record["config"]["ffn_dropout"] == 0.0
+    assert _state(run / "last")["state"]["progress"]["step"] == 2
+    net = tr.Translator.load(run).model
+    assert net.encoder_layers[0].ffn.dropout.p == 0.0 and net.encoder_layers[0].dropout.p == 0.1
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+    rc, _, err = attnlab("train", "translate", "--model", "transformer", "--out", tmp_path / "x", "--steps", "1",
+                         "--set", "ffn_dropout=lots", *DATA)
+    assert rc == 1 and "expected a float (or none) like the default None" in _one_line(err)
+    rc, _, err = attnlab("train", "translate", "--model", "rnnsearch", "--out", tmp_path / "y", "--steps", "1",
+                         "--precision", "float16", *DATA)
+    assert rc == 2 and "--precision: invalid choice: 'float16'" in err
+
+
 def test_train_refuses_to_overwrite_and_to_resume_nothing(trained, tmp_path, attnlab):
     rc, _, err = attnlab("train", "translate", "--out", trained, "--steps", "1", *DATA)
     assert rc == 1 and "already holds a training run; add --resume" in _one_line(err)

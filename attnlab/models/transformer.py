@@ -62,6 +62,8 @@ class TransformerConfig:
         num_encoder_layers, num_decoder_layers: stack depths.
         ffn_dim: inner size of the position-wise feed-forward network.
         dropout: on sub-layer outputs, embeddings and attention weights.
+        ffn_dropout: on the feed-forward network's inner activation (tensor2tensor's
+            "relu_dropout"; the paper names only the other dropouts); None: ``dropout``.
         activation: "relu" (the paper) or "gelu".
         positional: a name of :data:`attnlab.nn.POSITIONAL` ("sinusoidal", "learned",
             "rope", "alibi", "t5", "shaw", "none").
@@ -82,6 +84,7 @@ class TransformerConfig:
     num_decoder_layers: int = 3
     ffn_dim: int = 1024
     dropout: float = 0.1
+    ffn_dropout: float | None = None
     activation: str = "relu"
     positional: str = "sinusoidal"
     max_len: int = 1024
@@ -96,6 +99,8 @@ class TransformerConfig:
             check_positive_int(getattr(self, f), f)
         check_positive_int(self.pad_id, "pad_id", allow_zero=True)
         check_probability(self.dropout, "dropout")
+        if self.ffn_dropout is not None:
+            check_probability(self.ffn_dropout, "ffn_dropout")
         if self.d_model % self.num_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads})")
         if self.activation not in ACTIVATIONS:
@@ -143,6 +148,10 @@ class FeedForward(nn.Module):
         return self.w2(self.dropout(self.act(self.w1(x))))
 
 
+def _ffn_dropout(c: TransformerConfig) -> float:
+    return c.dropout if c.ffn_dropout is None else c.ffn_dropout
+
+
 def _self_attention(c: TransformerConfig) -> MultiheadAttention:
     kind = POSITIONAL[c.positional].kind
     return MultiheadAttention(
@@ -159,7 +168,7 @@ class EncoderLayer(nn.Module):
         self.norm1 = nn.LayerNorm(c.d_model)
         self.self_attn = _self_attention(c)
         self.norm2 = nn.LayerNorm(c.d_model)
-        self.ffn = FeedForward(c.d_model, c.ffn_dim, c.dropout, c.activation)
+        self.ffn = FeedForward(c.d_model, c.ffn_dim, _ffn_dropout(c), c.activation)
         self.dropout = nn.Dropout(c.dropout)
 
     def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor) -> torch.Tensor:
@@ -182,7 +191,7 @@ class DecoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(c.d_model)
         self.cross_attn = MultiheadAttention(c.d_model, c.num_heads, dropout=c.dropout, batch_first=True)
         self.norm3 = nn.LayerNorm(c.d_model)
-        self.ffn = FeedForward(c.d_model, c.ffn_dim, c.dropout, c.activation)
+        self.ffn = FeedForward(c.d_model, c.ffn_dim, _ffn_dropout(c), c.activation)
         self.dropout = nn.Dropout(c.dropout)
 
     def forward(self, y, memory, memory_padding_mask, *, kv_cache: KVCache | None = None, need_weights: bool = False):

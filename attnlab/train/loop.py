@@ -53,6 +53,7 @@ import signal
 import sys
 import threading
 import time
+import contextlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -207,7 +208,9 @@ class TrainConfig:
     one ``train`` record (mean loss, lr, throughput). ``unit`` names what the count
     returned by ``loss_fn`` counts (``"tok"``, ``"ex"``), for the throughput column.
     ``quiet`` hides the progress bar (also hidden when stderr is not a terminal) and
-    informational messages.
+    informational messages. ``autocast="bfloat16"`` runs ``loss_fn`` under
+    ``torch.autocast`` (mixed precision: matmuls in bfloat16, weights, gradients and the
+    optimizer in float32); the backward runs outside it, as torch recommends.
     """
 
     max_steps: int | None = None
@@ -223,8 +226,13 @@ class TrainConfig:
     seed: int = 0
     unit: str = "ex"
     quiet: bool = False
+    autocast: str | None = None
 
     def __post_init__(self):
+        if self.autocast not in AUTOCAST_DTYPES:
+            raise ValueError(
+                f"autocast must be one of {', '.join(repr(k) for k in AUTOCAST_DTYPES)}, got {self.autocast!r}"
+            )
         for name in ("max_steps", "max_epochs", "eval_every", "checkpoint_every", "patience"):
             if getattr(self, name) is not None:
                 check_positive_int(getattr(self, name), name)
@@ -240,6 +248,10 @@ class TrainConfig:
             raise TypeError(f"higher_is_better must be a bool, got {self.higher_is_better!r}")
         if not isinstance(self.select_metric, str) or not self.select_metric:
             raise ValueError(f"select_metric must be a metric name, got {self.select_metric!r}")
+
+
+#: ``TrainConfig.autocast`` values: None (float32 throughout) or a torch.autocast dtype.
+AUTOCAST_DTYPES = {None: None, "bfloat16": torch.bfloat16}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -588,11 +600,12 @@ class Trainer:
     def _train_step(self, batch) -> None:
         p, cfg = self.progress, self.config
         self.optimizer.zero_grad(set_to_none=True)
-        if self.world == 1:
-            loss, count = self._split_loss(self.loss_fn(self.model, batch))
-            value = loss.item()
-        else:
-            loss, value, count = self._distributed_loss(batch)
+        with self._autocast():
+            if self.world == 1:
+                loss, count = self._split_loss(self.loss_fn(self.model, batch))
+                value = loss.item()
+            else:
+                loss, value, count = self._distributed_loss(batch)
         if not math.isfinite(value):
             raise FloatingPointError(
                 f"loss is {value} at step {p.step + 1} (epoch {p.epoch}); the update was not applied. "
@@ -620,6 +633,14 @@ class Trainer:
             self._bar.update(1)
             if not self._bar.disable:
                 self._bar.set_postfix_str(self._postfix(), refresh=False)
+
+    def _autocast(self):
+        """``torch.autocast`` on the model's device type for ``config.autocast``, else a no-op."""
+        dtype = AUTOCAST_DTYPES[self.config.autocast]
+        if dtype is None:
+            return contextlib.nullcontext()
+        device = next(self.model.parameters(), torch.empty(0)).device.type
+        return torch.autocast(device_type=device, dtype=dtype)
 
     def _distributed_loss(self, batch) -> tuple[torch.Tensor, float, float]:
         """This rank's share of the global batch: ``(weighted local loss, global loss

@@ -307,6 +307,30 @@ def test_bad_inputs_have_clear_errors(tmp_path):
         make_trainer(tmp_path / "f", 3, data=lambda e, s: []).fit()
 
 
+def test_bfloat16_autocast_runs_the_loss_in_mixed_precision(tmp_path):
+    seen = []
+
+    def loss(model, batch):
+        x, y = batch
+        out = model(x)  # the Linear layers run in bfloat16 under autocast
+        seen.append((torch.is_autocast_enabled("cpu"), out.dtype))
+        return (out.float() - y).pow(2).mean(), x.shape[0]
+
+    trainer = make_trainer(tmp_path / "bf16", 20, loss=loss, autocast="bfloat16")
+    result = trainer.fit()
+    assert result.step == 20 and seen and all(s == (True, torch.bfloat16) for s in seen)
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # weights stay float32
+    assert not torch.is_autocast_enabled("cpu")
+    losses = [r["loss"] for r in records(tmp_path / "bf16", "train")]
+    assert sum(losses[-5:]) < 0.8 * sum(losses[:5])  # it learns
+    plain = []
+    make_trainer(tmp_path / "fp32", 1, loss=lambda m, b: (plain.append(torch.is_autocast_enabled("cpu")),
+                                                        loss_fn(m, b))[1]).fit()
+    assert plain == [False]
+    with pytest.raises(ValueError, match="autocast must be one of None, 'bfloat16', got 'float16'"):
+        TrainConfig(max_steps=1, autocast="float16")
+
+
 def test_schedules():
     inv = InverseSqrtSchedule(warmup_steps=4)
     assert [inv(s) for s in (0, 3, 15)] == [0.25, 1.0, 0.5]  # (s+1)/4, peak, sqrt(4/16)
