@@ -735,6 +735,36 @@ def _holds_run(out: Path) -> bool:
     return any((out / name).exists() for name in (RUN_FILE, "last", "best"))
 
 
+def init_from_checkpoint(path, model: str | None, *, dropout: float | None = None, overrides: Sequence[str] = ()):
+    """What a warm start from ``path`` needs: ``(checkpoint dir, model name, sizes, tokenizer)``.
+
+    ``path``: a run directory, its ``best/`` or ``last/``, or a shipped model's name
+    (:data:`PRETRAINED`). The model's config and tokenizer come from it; ``dropout`` and
+    ``overrides`` (``"field=value"``) may change fields that hold no weights (dropouts);
+    a change of shape fails when the weights are loaded.
+    """
+    from .data.tokenizer import TOKENIZER_FILE, SubwordTokenizer
+    from .train.checkpoint import read_checkpoint
+
+    try:
+        ckpt_dir, run_dir = _resolve_checkpoint(path)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(str(exc).replace("--checkpoint", "--init-from", 1)) from None
+    if not (run_dir / TOKENIZER_FILE).is_file():
+        raise FileNotFoundError(f"--init-from {path}: {run_dir / TOKENIZER_FILE} is missing")
+    config = read_checkpoint(ckpt_dir).config
+    if not isinstance(config, dict) or "name" not in config:
+        raise ValueError(f"--init-from {path}: {ckpt_dir} holds no model config; it was not written by attnlab train")
+    name = config["name"]
+    if model is not None and model != name:
+        raise ValueError(f"--model {model}: --init-from {path} holds a {name}; leave --model out or name {name}")
+    tokenizer = SubwordTokenizer.load(run_dir)
+    changed = model_sizes(name, tokenizer.vocab_size, dropout=dropout, overrides=overrides)
+    sizes = {k: v for k, v in config.items() if k != "name"}
+    sizes.update({k: v for k, v in changed.items() if k not in ("src_vocab", "tgt_vocab", "pad_id")})
+    return ckpt_dir, name, sizes, tokenizer
+
+
 def train_translation(
     out,
     model: str | None = "rnnsearch",
@@ -747,6 +777,7 @@ def train_translation(
     splits: dict | None = None,
     tokenizer=None,
     resume_hint: str | None = None,
+    init_from=None,
 ) -> TrainedRun:
     """Train a translation model into the run directory ``out`` (see the module docstring).
 
@@ -761,6 +792,9 @@ def train_translation(
         sizes: config fields from :func:`model_sizes` (default: the model's defaults).
         options, data, vocab_size: see :class:`TrainOptions`, :class:`DataSettings`.
         splits, tokenizer: already loaded data and tokenizer, to share between runs (demo).
+        init_from: a checkpoint directory whose weights the new model starts from (warm
+            start); ``sizes`` and ``tokenizer`` must be the ones it was trained with
+            (:func:`init_from_checkpoint` reads them). Recorded in ``run.json``.
 
     Returns:
         :class:`TrainedRun` (``result.stop_reason`` is ``"interrupted"`` after Ctrl-C).
@@ -818,6 +852,10 @@ def train_translation(
         config = build_config(model, **sizes)
     torch.manual_seed(options.seed)  # fixes the initial weights; the trainer seeds the rest
     net = model_from_config(config)
+    if init_from is not None and not resume:
+        from .train.checkpoint import load_checkpoint
+
+        load_checkpoint(init_from, net, restore_rng=False)  # strict: names and shapes must match
     n_params = count_parameters(net)
     record = {
         "task": "translate",
@@ -831,6 +869,10 @@ def train_translation(
         "threads": torch.get_num_threads(),
         "processes": get_world_size(),
     }
+    if resume and "init_from" in read_run(out):
+        record["init_from"] = read_run(out)["init_from"]
+    elif init_from is not None:
+        record["init_from"] = str(init_from)
     if is_main_process():
         write_json_atomic(record, out / RUN_FILE)
 
@@ -1323,6 +1365,10 @@ def register(subparsers) -> argparse.ArgumentParser:
                         "word), luong (global/local attention), transformer")
     p.add_argument("--out", metavar="DIR", type=Path, required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue the run in DIR (model and data from its run.json)")
+    p.add_argument("--init-from", metavar="CHECKPOINT", default=None,
+                   help="start a new run from a trained model's weights (a run directory, its best/ or last/, or "
+                        "a shipped model: transformer, rnnsearch); its tokenizer and sizes are reused, --dropout "
+                        "and --set may change dropouts; optimizer, schedule and steps start afresh")
     g = _add_training_arguments(
         p, minutes_help=f"total training minutes, resumed runs included (default {DEFAULT_MINUTES:g} "
                         "when no --steps/--epochs)")
@@ -1454,6 +1500,23 @@ def run_train(args: argparse.Namespace) -> int:
     )
     sizes = None
     size_flags = {k: getattr(args, k) for k in ("width", "params", "layers", "heads", "dropout")}
+    if args.init_from is not None:
+        given = [f"--{k}" for k in ("width", "params", "layers", "heads") if size_flags[k] is not None]
+        if args.resume or given:
+            raise ValueError(
+                f"--init-from: {'a resumed run keeps its own start' if args.resume else ', '.join(given) + ' come from the checkpoint'}"
+            )
+        if _holds_run(args.out):
+            raise FileExistsError(f"--out {args.out} already holds a training run; choose another directory")
+        init_ckpt, args.model, sizes, tokenizer = init_from_checkpoint(
+            args.init_from, args.model, dropout=args.dropout, overrides=args.overrides
+        )
+        data = _data_settings(args)
+        _set_threads(args)
+        run = train_translation(args.out, args.model, sizes=sizes, options=options, data=data,
+                                vocab_size=tokenizer.vocab_size, splits=load_splits(data), tokenizer=tokenizer,
+                                init_from=init_ckpt)
+        return _report_training(args, run)
     if args.resume:
         given = [f"--{k}" for k, v in size_flags.items() if v is not None] + (["--set"] if args.overrides else [])
         if given:
@@ -1478,6 +1541,10 @@ def run_train(args: argparse.Namespace) -> int:
         splits = None
     run = train_translation(args.out, args.model, sizes=sizes, options=options, data=data, vocab_size=args.vocab_size,
                             resume=args.resume, splits=splits, tokenizer=tokenizer)
+    return _report_training(args, run)
+
+
+def _report_training(args: argparse.Namespace, run: TrainedRun) -> int:
     from .distributed import is_main_process
 
     if not is_main_process():  # under torchrun, rank 0 speaks for the run

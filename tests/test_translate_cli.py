@@ -132,6 +132,47 @@ def test_bfloat16_transformer_without_ffn_dropout_trains_and_records_its_setting
     assert rc == 2 and "--precision: invalid choice: 'float16'" in err
 
 
+def test_init_from_warm_starts_a_new_run_with_the_source_tokenizer_and_weights(trained, tmp_path, attnlab):
+    from attnlab.train.checkpoint import load_checkpoint
+
+    run = tmp_path / "warm"
+    rc, _, err = attnlab("train", "translate", "--init-from", trained, "--out", run, "--steps", "1", "--lr", "1e-9",
+                         "--dropout", "0.3", "--eval-every", "1", "--valid-sentences", "2", "--quiet", *DATA)
+    assert rc == 0, err
+    record, source = tr.read_run(run), tr.read_run(trained)
+    assert record["model"] == "rnnsearch" and record["init_from"] == str(trained / "best")
+    assert record["config"] == {**source["config"], "dropout": 0.3}
+    assert (run / "tokenizer.json").read_text() == (trained / "tokenizer.json").read_text()
+    warm, ref = tr.Translator.load(run).model, tr.Translator.load(trained / "best").model
+    for (n, p), q in zip(warm.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=0, msg=n)  # one step at lr 1e-9 from the source
+    assert _state(run / "last")["state"]["progress"]["step"] == 1  # the step count starts afresh
+    # resuming keeps the record of where it started
+    rc, _, err = attnlab("train", "translate", "--out", run, "--resume", "--steps", "2", "--quiet")
+    assert rc == 0, err
+    assert tr.read_run(run)["init_from"] == str(trained / "best")
+    load_checkpoint(run / "last", warm)
+
+    # a shipped float16 model is a valid start too
+    rc, _, err = attnlab("train", "translate", "--init-from", "transformer", "--out", tmp_path / "ship", "--steps", "1",
+                         "--set", "ffn_dropout=0", "--eval-every", "1", "--valid-sentences", "1", "--quiet", *DATA)
+    assert rc == 0, err
+    assert tr.read_run(tmp_path / "ship")["config"]["ffn_dropout"] == 0.0
+
+    for argv, message in [
+        (["--width", "16"], "--init-from: --width come from the checkpoint"),
+        (["--model", "transformer"], "--init-from .* holds a rnnsearch; leave --model out"),
+        (["--resume"], "--init-from: a resumed run keeps its own start"),
+        (["--set", "emb_size=4"], "does not fit|size mismatch|shape"),
+    ]:
+        rc, _, err = attnlab("train", "translate", "--init-from", trained, "--out", tmp_path / "bad", "--steps", "1",
+                             *argv, *DATA)
+        assert rc == 1 and re.search(message, _one_line(err)), (argv, err)
+    rc, _, err = attnlab("train", "translate", "--init-from", tmp_path / "nowhere", "--out", tmp_path / "bad2",
+                         "--steps", "1", *DATA)
+    assert rc == 1 and "--init-from" in _one_line(err) and "no such directory" in err
+
+
 def test_train_refuses_to_overwrite_and_to_resume_nothing(trained, tmp_path, attnlab):
     rc, _, err = attnlab("train", "translate", "--out", trained, "--steps", "1", *DATA)
     assert rc == 1 and "already holds a training run; add --resume" in _one_line(err)
