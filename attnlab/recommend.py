@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from ._argtypes import nonnegative_int, positive_float, positive_int, probability
+from ._argtypes import add_precision_argument, autocast_of, nonnegative_int, positive_float, positive_int, probability
 from ._io import check_output_path, write_json_atomic
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -144,6 +144,7 @@ class RecommendOptions:
     eval_every: int = 20
     seed: int = 0
     quiet: bool = False
+    precision: str = "float32"
 
 
 def load_split(settings: DataSettings) -> tuple["InteractionData", "LeaveOneOut"]:
@@ -396,6 +397,7 @@ def train_recommender(
         max_steps=options.steps, max_epochs=options.epochs, max_minutes=options.minutes,
         log_every=min(50, options.eval_every), eval_every=options.eval_every, checkpoint_every=options.eval_every,
         select_metric=f"ndcg@{K}", higher_is_better=True, seed=options.seed, unit="pos", quiet=options.quiet,
+        autocast=autocast_of(options.precision),
     )
     trainer = Trainer(net, optimizer, lambda m, b: bce_next_item_loss(m, *b), batches, out, config,
                       validate=validate, model_config=net.config,
@@ -521,6 +523,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                         f"(default {RecommendOptions.eval_every})")
     g.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the initial weights and batches")
     g.add_argument("--quiet", action="store_true", help="no progress bar or validation lines")
+    add_precision_argument(g)
     s = p.add_argument_group("model size (default: SASRec's ML-1M setting, window 50)")
     s.add_argument("--max-len", type=positive_int, metavar="N", help="items of history the model reads (default 50)")
     s.add_argument("--dim", type=positive_int, metavar="D", help="item embedding width (default 50)")
@@ -568,7 +571,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.ratings is not None and not args.ratings.is_file():
         raise FileNotFoundError(f"--ratings {args.ratings}: no such file")
     options = RecommendOptions(**limits, batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every,
-                               seed=args.seed, quiet=args.quiet)
+                               seed=args.seed, quiet=args.quiet, precision=args.precision)
     data = DataSettings(ratings=None if args.ratings is None else str(args.ratings), min_item=args.min_interactions,
                         min_user=args.min_interactions, negatives=args.negatives, negatives_seed=args.negatives_seed)
     run = train_recommender(args.out, args.model, sizes=sizes, options=options, data=data, resume=args.resume)

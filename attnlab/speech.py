@@ -27,7 +27,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from ._argtypes import positive_float, positive_int
+from ._argtypes import add_precision_argument, autocast_of, positive_float, positive_int
 from ._io import check_output_path, write_json_atomic
 
 __all__ = [
@@ -226,6 +226,7 @@ class TrainSpeechOptions:
     beam: int = 4
     seed: int = 0
     quiet: bool = False
+    precision: str = "float32"
 
 
 def _model_from_config(config):
@@ -384,7 +385,8 @@ def train_speech(out, model: str | None = "las", *, options: TrainSpeechOptions 
     train_config = TrainConfig(max_steps=options.steps, max_minutes=options.minutes, grad_clip=1.0,
                                log_every=min(50, options.eval_every), eval_every=options.eval_every,
                                checkpoint_every=options.eval_every, select_metric="accuracy", higher_is_better=True,
-                               seed=options.seed, unit="tok" if model == "las" else "ex", quiet=options.quiet)
+                               seed=options.seed, unit="tok" if model == "las" else "ex", quiet=options.quiet,
+                               autocast=autocast_of(options.precision))
     trainer = Trainer(net, optimizer, loss_fn, batches, out, train_config, scheduler=scheduler, validate=validate,
                       model_config=config, resume_hint=f"attnlab train speech --out {out} --resume")
     result = trainer.fit(resume=resume)
@@ -462,6 +464,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     d.add_argument("--cache", metavar="DIR", type=Path, help="synthesised-audio cache (default $XDG_CACHE_HOME/attnlab/speech)")
     d.add_argument("--threads", type=positive_int, help="torch threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_precision_argument(p)
     p.set_defaults(func=run_train)
 
     p = subparsers.add_parser(
@@ -492,7 +495,7 @@ def run_train(args: argparse.Namespace) -> int:
     minutes = args.minutes if (args.minutes is not None or args.steps is not None) else DEFAULT_MINUTES
     options = TrainSpeechOptions(minutes=minutes, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                                  eval_every=args.eval_every, valid_max=args.valid_max, beam=args.beam, seed=args.seed,
-                                 quiet=args.quiet)
+                                 quiet=args.quiet, precision=args.precision)
     settings = SpeechDataSettings(sounds=args.sounds, transcripts=args.transcripts, train_voices=args.train_voices,
                                   valid_voices=args.valid_voices)
     model = args.model if (args.model or args.resume) else "las"

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from ._argtypes import nonnegative_int, positive_float, positive_int, probability
+from ._argtypes import add_precision_argument, autocast_of, nonnegative_int, positive_float, positive_int, probability
 from ._io import write_json_atomic
 from .translate import TrainOptions, _add_threads_argument, _set_threads
 
@@ -296,7 +296,7 @@ def train_summarization(out, model: str | None = "transformer", *, copy: bool = 
         max_steps=options.steps, max_epochs=options.epochs, max_minutes=options.minutes, grad_clip=options.grad_clip,
         log_every=min(50, options.eval_every), eval_every=options.eval_every, checkpoint_every=options.eval_every,
         select_metric="rougeL", higher_is_better=True, patience=options.patience, seed=options.seed, unit="tok",
-        quiet=options.quiet,
+        quiet=options.quiet, autocast=autocast_of(options.precision),
     )
     trainer = Trainer(net, optimizer, loss_fn, batches, out, train_config, scheduler=scheduler, validate=validate,
                       model_config=config, resume_hint=f"attnlab train summarize --out {out} --resume")
@@ -346,6 +346,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--warmup", type=nonnegative_int, metavar="STEPS",
                    help="linear learning-rate warmup steps (default 200 transformer, 50 rnnsearch)")
     g.add_argument("--label-smoothing", type=probability, default=0.0, metavar="EPS", help="default 0")
+    add_precision_argument(g)
     g.add_argument("--eval-every", type=positive_int, default=300, metavar="STEPS",
                    help="validate (greedy ROUGE) and save last/ every this many steps (default 300)")
     g.add_argument("--valid-sentences", type=positive_int, default=300, metavar="N",
@@ -406,7 +407,7 @@ def run_train(args: argparse.Namespace) -> int:
                            batch_tokens=args.batch_tokens, lr=args.lr, warmup=args.warmup,
                            label_smoothing=args.label_smoothing,
                            eval_every=args.eval_every, valid_sentences=args.valid_sentences, seed=args.seed,
-                           quiet=args.quiet)
+                           quiet=args.quiet, precision=args.precision)
     if args.resume:
         if args.overrides or args.copy:
             raise ValueError("--set/--copy: a resumed run keeps its model; leave them out")

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 from ._argtypes import add_threads_argument as _add_threads_argument
-from ._argtypes import nonnegative_int, positive_float, positive_int, probability
+from ._argtypes import add_precision_argument, autocast_of, nonnegative_int, positive_float, positive_int, probability
 from ._argtypes import set_threads as _set_threads
 from ._io import check_output_path, write_json_atomic
 
@@ -814,8 +814,7 @@ def train_translation(
         raise ValueError("give a training limit: --minutes, --steps or --epochs")
     if options.schedule == "cosine" and options.steps is None:
         raise ValueError("--schedule cosine needs --steps (the length of its decay)")
-    if options.precision not in ("float32", "bfloat16"):
-        raise ValueError(f"--precision must be float32 or bfloat16, got {options.precision!r}")
+    autocast = autocast_of(options.precision)
     if resume:
         record = read_run(out)
         if model is not None and model != record["model"]:
@@ -934,7 +933,7 @@ def train_translation(
         seed=options.seed,
         unit="tok",
         quiet=options.quiet,
-        autocast=None if options.precision == "float32" else options.precision,
+        autocast=autocast,
     )
     trainer = Trainer(net, optimizer, loss_fn, batches, out, train_config, scheduler=scheduler, validate=validate,
                       model_config=config, resume_hint=resume_hint or f"attnlab train translate --out {out} --resume")
@@ -1380,9 +1379,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="linear warmup steps (default 50, 200 for the transformer)")
     g.add_argument("--label-smoothing", type=probability, default=TrainOptions.label_smoothing, metavar="EPS",
                    help=f"label smoothing epsilon (default {TrainOptions.label_smoothing:g}; 0.1 in Vaswani et al.)")
-    g.add_argument("--precision", choices=("float32", "bfloat16"), default=TrainOptions.precision,
-                   help="bfloat16: mixed precision (torch.autocast; weights and optimizer stay float32). On CPUs "
-                        "with AMX (Intel Sapphire Rapids and later) its matmuls run ~10x faster (default float32)")
+    add_precision_argument(g)
     s = p.add_argument_group("model size (default: the model's own defaults)")
     s.add_argument("--width", type=positive_int, help="embedding and hidden size (d_model for the transformer)")
     s.add_argument("--params", type=positive_int, metavar="N", help="parameter budget instead of --width")

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, Sequence
 
-from ._argtypes import nonnegative_int, positive_float, positive_int
+from ._argtypes import add_precision_argument, autocast_of, nonnegative_int, positive_float, positive_int
 from ._io import check_output_path, write_json_atomic, write_text_atomic
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -138,6 +138,7 @@ class VisionOptions:
     eval_every: int = 200
     seed: int = 0
     quiet: bool = False
+    precision: str = "float32"
 
 
 class VisionRun(NamedTuple):
@@ -441,6 +442,7 @@ def train_vision(
         seed=options.seed,
         unit="img",
         quiet=options.quiet,
+        autocast=autocast_of(options.precision),
     )
     trainer = Trainer(net, optimizer, loss_fn, batches, out, train_config, scheduler=scheduler, validate=validate,
                       model_config=config, resume_hint=resume_hint or f"attnlab train vision --out {out} --resume")
@@ -776,6 +778,7 @@ def _add_training_arguments(p: argparse.ArgumentParser):
                    help=f"linear warmup steps (default {d.warmup})")
     g.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the initial weights and data order (default 0)")
     g.add_argument("--quiet", action="store_true", help="no progress bar or messages")
+    add_precision_argument(g)
     _add_threads_argument(g)
     return g
 
@@ -886,7 +889,7 @@ def run_train(args: argparse.Namespace) -> int:
     options = VisionOptions(
         steps=steps, epochs=args.epochs, minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, warmup=args.warmup, schedule=schedule, eval_every=args.eval_every,
-        seed=args.seed, quiet=args.quiet,
+        seed=args.seed, quiet=args.quiet, precision=args.precision,
     )
     data = VisionData(root=args.data, train_size=args.train_size, valid_size=args.valid_size,
                       test_size=args.test_size, split_seed=args.split_seed)
@@ -921,12 +924,14 @@ def run_experiment_command(args: argparse.Namespace) -> int:
     check_output_path(args.plot, "--plot")
     warmup = min(args.warmup, max(steps // 5, 1))
     options = VisionOptions(batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, warmup=warmup,
-                            schedule="cosine", eval_every=max(steps, 1), seed=args.seed, quiet=args.quiet)
+                            schedule="cosine", eval_every=max(steps, 1), seed=args.seed, quiet=args.quiet,
+                            precision=args.precision)
     command = (
         f"attnlab experiment cnn-vs-vit --out {out} --sizes {','.join(map(str, sizes))} --models "
         f"{','.join(args.models)} --steps {steps}" + (f" --test-size {test_size}" if test_size else "")
         + f" --batch-size {args.batch_size} --lr {args.lr:g} --seed {args.seed} --threads {args.threads}"
         + (f" --plot {args.plot}" if args.plot else "")
+        + (f" --precision {args.precision}" if args.precision != "float32" else "")
     )
     _set_threads(args)
     try:

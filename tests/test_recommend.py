@@ -143,7 +143,7 @@ def test_train_few_steps_then_resume_matches_one_run(attnlab, ratings, tmp_path)
 
 @pytest.mark.parametrize("model", ["gru", "popularity"])
 def test_baselines_run(attnlab, ratings, tmp_path, model):
-    args = ["--steps", "2"] if model == "gru" else []
+    args = ["--steps", "2", "--precision", "bfloat16"] if model == "gru" else []
     tiny = TINY if model == "gru" else ["--negatives", "10", "--min-interactions", "1", "--quiet"]
     rc, out, err = attnlab("train", "recommend", "--model", model, "--out", tmp_path / model, "--ratings", ratings,
                            *args, *tiny)
@@ -151,6 +151,8 @@ def test_baselines_run(attnlab, ratings, tmp_path, model):
     res = json.loads((tmp_path / model / "test.json").read_text())
     assert res["model"] == model and res["users"] == 21
     assert (res["parameters"] == 0) == (model == "popularity")
+    if model == "gru":
+        assert json.loads((tmp_path / model / "run.json").read_text())["train"]["precision"] == "bfloat16"
 
 
 def test_train_recommender_popularity_writes_what_it_returns(ratings, tmp_path):

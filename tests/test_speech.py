@@ -68,9 +68,10 @@ def _train_args(data, out, model, steps, *extra):
 def test_train_transformer_resume_and_report(data, tmp_path, capsys):
     out = tmp_path / "run"
     assert _run(_train_args(data, out, "transformer", 2, "--set", "d_model=12", "--set", "num_heads=3",
-                            "--set", "ffn_dim=8", "--set", "num_layers=1")) == 0
+                            "--set", "ffn_dim=8", "--set", "num_layers=1", "--precision", "bfloat16")) == 0
     assert (out / "last" / "state.json").is_file() and (out / "best").is_dir()
     record = json.loads((out / "run.json").read_text())
+    assert record["train"]["precision"] == "bfloat16"
     assert record["words"] == ["b", "goodbye", "one", "two"] and record["train_clips"] == 8
     assert record["config"]["d_model"] == 12
     test = json.loads((out / "test.json").read_text())

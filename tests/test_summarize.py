@@ -76,8 +76,10 @@ def test_train_resume_and_summarize(lists, tmp_path, capsys):
 def test_rnnsearch_plain_run(lists, tmp_path):
     out = tmp_path / "rnn"
     small = ["--set", "emb_size=8", "--set", "enc_hidden=8", "--set", "dec_hidden=8", "--set", "attn_hidden=8"]
-    assert cli("train", "summarize", "--model", "rnnsearch", "--steps", "1", *small, *common(lists, out)) == 0
+    assert cli("train", "summarize", "--model", "rnnsearch", "--steps", "1", "--precision", "bfloat16", *small,
+               *common(lists, out)) == 0
     assert json.loads((out / "test.json").read_text())["copy"] is False
+    assert json.loads((out / "run.json").read_text())["train"]["precision"] == "bfloat16"
 
 
 def test_bad_inputs(lists, tmp_path):

@@ -68,9 +68,11 @@ def test_train_resume_and_rollout(tmp_path, data_dir, capsys):
 
 def test_cnn_run_has_no_rollout(tmp_path, data_dir):
     run = tmp_path / "cnn"
-    assert train(run, data_dir, "--model", "cnn", "--steps", 1, "--channels", "4,8", "--valid-size", 0) == 0
+    assert train(run, data_dir, "--model", "cnn", "--steps", 1, "--channels", "4,8", "--valid-size", 0,
+                 "--precision", "bfloat16") == 0
     record = json.loads((run / "run.json").read_text())
     assert record["config"]["channels"] == [4, 8] and record["valid_images"] == 0
+    assert record["train"]["precision"] == "bfloat16"
     assert not (run / "rollout.png").exists() and not (run / "best").exists()
 
 
