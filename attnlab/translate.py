@@ -820,6 +820,7 @@ def train_translation(
         if model is not None and model != record["model"]:
             raise ValueError(f"--model {model}: the run in {out} trains {record['model']}; leave --model out to resume it")
         model = record["model"]
+        init_from = record.get("init_from")  # where the run started: kept in the rewritten run.json
         data = DataSettings(**record["data"])
         options = dataclasses.replace(TrainOptions(**record["train"]), **limits, quiet=options.quiet)
         tokenizer = SubwordTokenizer.load(out)
@@ -868,9 +869,7 @@ def train_translation(
         "threads": torch.get_num_threads(),
         "processes": get_world_size(),
     }
-    if resume and "init_from" in read_run(out):
-        record["init_from"] = read_run(out)["init_from"]
-    elif init_from is not None:
+    if init_from is not None:
         record["init_from"] = str(init_from)
     if is_main_process():
         write_json_atomic(record, out / RUN_FILE)
