@@ -486,6 +486,18 @@ def _decay_plan(spec: _Spec, qw: torch.Tensor, k: torch.Tensor):
     return plan
 
 
+def _clear_dead_rows(o: torch.Tensor, lse: torch.Tensor, fill: float):
+    """Rows whose every key was masked come out of the flash kernel with lse ~ ``fill``:
+    give them zero output and lse +inf (so the backward sees P = 0).
+
+    Shape: o (B, H, tq, D), lse (B, H, tq) -> the same."""
+    dead = lse < fill / 2  # (B, H, tq)
+    if bool(dead.any()):
+        o = o.masked_fill(dead[..., None], 0.0)
+        lse = lse.masked_fill(dead, math.inf)
+    return o, lse
+
+
 def _head_mask(spec: _Spec, h: int, i0: int, i1: int, j0: int, j1: int, partial: bool) -> torch.Tensor:
     """Head ``h``'s slice ``(1, 1, tq, tk)`` of :meth:`_Spec.mask` (a view of ``z``)."""
     m = spec.mask(i0, i1, j0, j1, partial)
@@ -511,12 +523,7 @@ class _BiasedAttention(torch.autograd.Function):
             r, hs = spec.rows(i0, i1), slice(h, h + 1)
             o, l = _flash_fwd(qw[:, hs, r], k[:, hs, j0:j1], v[:, hs, j0:j1],
                               attn_mask=_head_mask(spec, h, i0, i1, j0, j1, partial), scale=spec.scale)  # fmt: skip
-            dead = l < spec.fill / 2  # (B, 1, tq): rows whose every key in the band was masked
-            if bool(dead.any()):
-                o = o.masked_fill(dead[..., None], 0.0)
-                l = l.masked_fill(dead, math.inf)
-            out[:, hs, r] = o
-            lse[:, hs, r] = l
+            out[:, hs, r], lse[:, hs, r] = _clear_dead_rows(o, l, spec.fill)
         for i0, i1, keys in () if spec.plan is not None else spec.blocks(*spec.flash):
             r = spec.rows(i0, i1)
             o_acc = l_acc = None
@@ -531,13 +538,7 @@ class _BiasedAttention(torch.autograd.Function):
                     l_acc = l_new
             if o_acc is None:  # causal and no key at or before any of these queries
                 continue
-            # Rows whose every key was masked have lse ~ fill: zero output, lse stays +inf.
-            dead = l_acc < spec.fill / 2  # (B, H, tq)
-            if bool(dead.any()):
-                o_acc = o_acc.masked_fill(dead[..., None], 0.0)
-                l_acc = l_acc.masked_fill(dead, math.inf)
-            out[:, :, r] = o_acc
-            lse[:, :, r] = l_acc
+            out[:, :, r], lse[:, :, r] = _clear_dead_rows(o_acc, l_acc, spec.fill)
         ctx.spec = spec
         ctx.save_for_backward(qw, k, v, out, lse, *params)
         return out.flip(2) if spec.relative else out

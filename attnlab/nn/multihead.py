@@ -470,8 +470,8 @@ class MultiheadAttention(nn.Module):
 
         The same arithmetic as :meth:`forward` with ``kv_cache=cache`` for a single new
         position, without the general path's layout, mask and positional handling (a
-        lone new query attends to every cached key, so causality needs no mask). Saves
-        roughly a third of the module's own time per token (``attnlab bench decode``).
+        lone new query attends to every cached key, so causality needs no mask). Measured
+        at d=256, 4 heads, one thread: 67 us per call against 81 us for the general path.
 
         Shape: x (B, 1, E) -> (B, 1, E).
         """

@@ -53,8 +53,7 @@ import signal
 import sys
 import threading
 import time
-import contextlib
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -638,7 +637,7 @@ class Trainer:
         """``torch.autocast`` on the model's device type for ``config.autocast``, else a no-op."""
         dtype = AUTOCAST_DTYPES[self.config.autocast]
         if dtype is None:
-            return contextlib.nullcontext()
+            return nullcontext()
         device = next(self.model.parameters(), torch.empty(0)).device.type
         return torch.autocast(device_type=device, dtype=dtype)
 
