@@ -735,6 +735,16 @@ def _holds_run(out: Path) -> bool:
     return any((out / name).exists() for name in (RUN_FILE, "last", "best"))
 
 
+def _portable_path(path) -> str:
+    """``path`` as recorded in ``run.json``: a shipped model's checkpoint as
+    ``attnlab/pretrained/...`` (the same on every installation), anything else as given."""
+    p = Path(path)
+    try:
+        return str(Path("attnlab", "pretrained", p.resolve().relative_to(PRETRAINED_ROOT)))
+    except ValueError:
+        return str(p)
+
+
 def init_from_checkpoint(path, model: str | None, *, dropout: float | None = None, overrides: Sequence[str] = ()):
     """What a warm start from ``path`` needs: ``(checkpoint dir, model name, sizes, tokenizer)``.
 
@@ -870,7 +880,7 @@ def train_translation(
         "processes": get_world_size(),
     }
     if init_from is not None:
-        record["init_from"] = str(init_from)
+        record["init_from"] = _portable_path(init_from)
     if is_main_process():
         write_json_atomic(record, out / RUN_FILE)
 

@@ -158,6 +158,8 @@ def test_init_from_warm_starts_a_new_run_with_the_source_tokenizer_and_weights(t
                          "--set", "ffn_dropout=0", "--eval-every", "1", "--valid-sentences", "1", "--quiet", *DATA)
     assert rc == 0, err
     assert tr.read_run(tmp_path / "ship")["config"]["ffn_dropout"] == 0.0
+    # recorded the same on every installation, not as this checkout's absolute path
+    assert tr.read_run(tmp_path / "ship")["init_from"] == "attnlab/pretrained/de_en_transformer/best"
 
     for argv, message in [
         (["--width", "16"], "--init-from: --width come from the checkpoint"),
