@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 from ._argtypes import add_threads_argument as _add_threads_argument
-from ._argtypes import add_precision_argument, autocast_of, nonnegative_int, positive_float, positive_int, probability
+from ._argtypes import (add_precision_argument, autocast_of, nonnegative_float, nonnegative_int, positive_float,
+                        positive_int, probability)
 from ._argtypes import set_threads as _set_threads
 from ._io import check_output_path, write_json_atomic
 
@@ -93,6 +94,8 @@ DEMO_SENTENCES = ("Ich möchte dir helfen.",)
 EXPORT_SENTENCES = ("Ich möchte dir helfen.", "Wo ist der Bahnhof?", "Das Wetter ist heute schön.",
                     "Er hat das Buch gestern gelesen.")
 EXPORT_BEAM = 4
+#: Beam search's GNMT length penalty ``alpha`` unless a run's recorded scores name another.
+DEFAULT_LENGTH_PENALTY = 0.6
 _MAX_DECODE_LEN = 250
 #: Models shipped inside the package (``attnlab/pretrained/<dir>``), by the name
 #: ``--checkpoint`` accepts; the first is the default of ``translate`` and ``evaluate``.
@@ -177,6 +180,15 @@ class TrainOptions:
 MODEL_TRAINING_DEFAULTS = {"transformer": {"lr": 1e-3, "schedule": "constant", "warmup": 200}}
 _RNN_TRAINING = {"lr": 3e-3, "schedule": "constant", "warmup": 50}
 _LIMITS = ("minutes", "steps", "epochs")
+
+
+def check_length_penalty(value, name: str = "length_penalty") -> float:
+    """``value`` as a GNMT length-penalty ``alpha`` (a finite float >= 0), else a clear error."""
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite float >= 0 (the GNMT alpha; 0 ranks by log p alone), got {value!r}")
+    return float(value)
 
 
 def read_run(directory) -> dict:
@@ -421,12 +433,17 @@ class Translator:
         model: a seq2seq model (:class:`attnlab.models.decoding.Seq2seqModel`).
         tokenizer: the run's :class:`~attnlab.data.tokenizer.SubwordTokenizer`.
         name: the model's name (for messages); default ``model.config.name``.
+        length_penalty: the GNMT ``alpha`` beam search uses when a call gives none
+            (:func:`attnlab.models.decoding.beam_search`); :meth:`load` takes the one an
+            exported run was given (``run.json``'s ``exported.length_penalty``), else
+            :data:`DEFAULT_LENGTH_PENALTY`.
     """
 
-    def __init__(self, model, tokenizer, name: str | None = None):
+    def __init__(self, model, tokenizer, name: str | None = None, length_penalty: float = None):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name or getattr(getattr(model, "config", None), "name", type(model).__name__)
+        self.length_penalty = DEFAULT_LENGTH_PENALTY if length_penalty is None else check_length_penalty(length_penalty)
 
     @classmethod
     def load(cls, path) -> "Translator":
@@ -448,7 +465,8 @@ class Translator:
             raise ValueError(f"--checkpoint {path}: {ckpt_dir} holds no model config; it was not written by attnlab train")
         model = model_from_config(config)
         load_checkpoint(ckpt_dir, model, restore_rng=False)
-        return cls(model, tokenizer, config["name"])
+        record = read_run(run_dir) if (run_dir / RUN_FILE).is_file() else {}
+        return cls(model, tokenizer, config["name"], length_penalty=record.get("exported", {}).get("length_penalty"))
 
     def translate(
         self,
@@ -456,11 +474,12 @@ class Translator:
         *,
         beam: int = 1,
         batch_size: int = 64,
-        length_penalty: float = 0.6,
+        length_penalty: float | None = None,
         max_len: int | None = None,
     ) -> list[Translation]:
         """Translate ``sentences`` (greedy for ``beam=1``, else beam search), batched by length.
 
+        ``length_penalty``: the beam's GNMT ``alpha`` (default :attr:`length_penalty`).
         ``max_len`` caps the output pieces per sentence (default ``2 * source pieces + 10``).
         """
         if isinstance(sentences, str):
@@ -472,7 +491,8 @@ class Translator:
                 raise ValueError(f"sentence {i + 1} is empty; give German text to translate")
         tok = self.tokenizer
         src_ids = tok.encode_batch(list(sentences), add_bos=False, add_eos=True)
-        decoded = decode_ids(self.model, src_ids, beam=beam, batch_size=batch_size, length_penalty=length_penalty,
+        alpha = self.length_penalty if length_penalty is None else length_penalty
+        decoded = decode_ids(self.model, src_ids, beam=beam, batch_size=batch_size, length_penalty=alpha,
                              max_len=max_len, pad_id=tok.pad_id, bos_id=tok.bos_id, eos_id=tok.eos_id)
         return [
             Translation(
@@ -493,7 +513,7 @@ def decode_ids(
     *,
     beam: int = 1,
     batch_size: int = 64,
-    length_penalty: float = 0.6,
+    length_penalty: float = DEFAULT_LENGTH_PENALTY,
     max_len: int | None = None,
     pad_id: int = 0,
     bos_id: int = 1,
@@ -578,7 +598,7 @@ def _default_checkpoint() -> Path:
 
 def export_translator(
     checkpoint, out, *, dtype: str = "float16", scores: dict | None = None, evaluate_beam: int | None = None,
-    average: Sequence | None = None, print_fn=None,
+    average: Sequence | None = None, length_penalty: float = DEFAULT_LENGTH_PENALTY, print_fn=None,
 ) -> Path:
     """Write the model of a training run as a small, inference-only run directory.
 
@@ -593,6 +613,10 @@ def export_translator(
     recorded instead: the figures a user reproduces with ``attnlab evaluate``.
     ``examples`` are the translations of :data:`EXPORT_SENTENCES` at beam
     :data:`EXPORT_BEAM` by the exported weights.
+
+    ``length_penalty``: the beam search's GNMT alpha the exported model uses by default
+    (recorded as ``exported.length_penalty``; :meth:`Translator.load` reads it back), for
+    the scores and examples too.
 
     ``average``: checkpoint directories of the same run (e.g. snapshots of ``last/``)
     whose weights are averaged (:func:`attnlab.train.checkpoint.average_weights`) and
@@ -609,6 +633,7 @@ def export_translator(
         raise ValueError(f"dtype must be one of {', '.join(dtypes)}, got {dtype!r}")
     if evaluate_beam is not None:
         check_positive_int(evaluate_beam, "evaluate_beam")
+    length_penalty = check_length_penalty(length_penalty)
     ckpt_dir, run_dir = _resolve_checkpoint(checkpoint)
     record = read_run(run_dir)
     translator = Translator.load(checkpoint)
@@ -632,10 +657,12 @@ def export_translator(
                         state={"exported_from": str(ckpt_dir)})
     finally:
         translator.model.float()
-    record = {**record, "exported": {"from": str(ckpt_dir), "dtype": dtype, "scores": dict(scores or {})}}
+    record = {**record, "exported": {"from": str(ckpt_dir), "dtype": dtype, "length_penalty": length_penalty,
+                                     "scores": dict(scores or {})}}
     if averaged:
         record["exported"]["averaged"] = averaged
     exported = Translator.load(out)  # scores and examples come from the weights as shipped
+    exported.length_penalty = length_penalty  # run.json, which records it, is written last
     if evaluate_beam is not None:
         test = load_splits(DataSettings(**record["data"]), held_out_only=True)["test"]
         if print_fn is not None:
@@ -644,6 +671,8 @@ def export_translator(
         record["exported"]["scores"] = {"bleu": float(got["bleu"]), "chrf": float(got["chrf"]),
                                         "sentences": int(got["sentences"]), "beam": int(evaluate_beam),
                                         "split": "test"}
+        if evaluate_beam > 1:
+            record["exported"]["scores"]["length_penalty"] = length_penalty
     # The shipped models' tests check that an installation reproduces these exactly.
     record["exported"]["examples"] = [
         {"de": t.source, "en": t.text, "beam": EXPORT_BEAM}
@@ -692,8 +721,10 @@ def evaluate_translator(
     beam: int = 1,
     batch_size: int = 64,
     max_len: int | None = None,
+    length_penalty: float | None = None,
 ) -> dict:
-    """Corpus sacreBLEU BLEU and chrF of ``translator`` on ``(german, english)`` pairs.
+    """Corpus sacreBLEU BLEU and chrF of ``translator`` on ``(german, english)`` pairs
+    (``length_penalty``: the beam's GNMT alpha, default the translator's own).
 
     Returns ``{"bleu", "chrf", "sentences", "hypotheses", "bleu_signature", "chrf_signature"}``.
     """
@@ -701,7 +732,8 @@ def evaluate_translator(
 
     if not pairs:
         raise ValueError("no sentence pairs to evaluate on")
-    outs = translator.translate([de for de, _ in pairs], beam=beam, batch_size=batch_size, max_len=max_len)
+    outs = translator.translate([de for de, _ in pairs], beam=beam, batch_size=batch_size, max_len=max_len,
+                                length_penalty=length_penalty)
     hyps = [t.text for t in outs]
     refs = [en for _, en in pairs]
     bleu, chrf = corpus_bleu(hyps, refs), corpus_chrf(hyps, refs)
@@ -1092,9 +1124,14 @@ def _decoding_label(scores: dict) -> str:
     return f"beam {scores['beam']}" if scores.get("beam", 1) > 1 else "greedy"
 
 
+def recorded_scores(record: dict) -> dict:
+    """The test scores recorded in an exported run's ``run.json`` record (``{}`` if none)."""
+    return dict(record.get("exported", {}).get("scores") or {})
+
+
 def shipped_scores(name: str) -> dict:
     """The test scores recorded when the shipped model ``name`` was exported (``{}`` if none)."""
-    return dict(read_run(pretrained_path(name)).get("exported", {}).get("scores") or {})
+    return recorded_scores(read_run(pretrained_path(name)))
 
 
 def _example_pairs(test_pairs, n: int) -> list[tuple[str, str]]:
@@ -1413,6 +1450,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="run directory (uses best/, else last/), one checkpoint directory in it, or a shipped "
                         f"model: {', '.join(PRETRAINED)} (default: the shipped {next(iter(PRETRAINED))})")
     p.add_argument("--beam", type=positive_int, default=4, help="beam size (default 4; 1 is greedy)")
+    p.add_argument("--length-penalty", metavar="ALPHA", type=nonnegative_float, default=None,
+                   help="beam search's GNMT length penalty alpha (0 ranks by log p alone; default: the one the model "
+                        f"was exported with, else {DEFAULT_LENGTH_PENALTY})")
     p.add_argument("--max-len", type=positive_int, metavar="N",
                    help="most output pieces per sentence (default 2 x source pieces + 10)")
     p.add_argument("--heatmap", metavar="PATH", type=Path,
@@ -1434,6 +1474,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--beam", type=positive_int, default=None,
                    help="beam size (default: the beam a shipped model's recorded scores were measured with, "
                         "else 1, greedy)")
+    p.add_argument("--length-penalty", metavar="ALPHA", type=nonnegative_float, default=None,
+                   help="beam search's GNMT length penalty alpha (0 ranks by log p alone; default: the one the model "
+                        f"was exported with, else {DEFAULT_LENGTH_PENALTY})")
     p.add_argument("--max-len", type=positive_int, metavar="N",
                    help="most output pieces per sentence (default 2 x source pieces + 10)")
     p.add_argument("--json", metavar="PATH", type=Path, help='write {"bleu": float, "chrf": float, "sentences": int}')
@@ -1460,6 +1503,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--evaluate", metavar="BEAM", type=positive_int,
                    help="score the exported weights on the test split with this beam and record the scores "
                         "(what `attnlab evaluate --checkpoint OUT` reproduces)")
+    p.add_argument("--length-penalty", metavar="ALPHA", type=nonnegative_float, default=DEFAULT_LENGTH_PENALTY,
+                   help="the GNMT length penalty alpha the exported model's beam search uses by default, for "
+                        f"--evaluate too (default {DEFAULT_LENGTH_PENALTY})")
     p.add_argument("--scores", metavar="JSON", type=Path,
                    help="a JSON file of `attnlab evaluate --json` to record in the exported run.json")
     p.set_defaults(func=run_export)
@@ -1577,7 +1623,8 @@ def run_translate(args: argparse.Namespace) -> int:
     if args.checkpoint is None:
         args.checkpoint = _default_checkpoint()
     translator = Translator.load(args.checkpoint)
-    results = translator.translate(args.sentences, beam=args.beam, max_len=args.max_len)
+    results = translator.translate(args.sentences, beam=args.beam, max_len=args.max_len,
+                                   length_penalty=args.length_penalty)
     for t in results:
         print(t.text)
     if args.heatmap is not None:
@@ -1610,9 +1657,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     translator = Translator.load(args.checkpoint)
     splits = load_splits(DataSettings(**record["data"]), held_out_only=True)
     pairs = splits[args.split]
-    scores = evaluate_translator(translator, pairs, beam=args.beam, max_len=args.max_len)
+    scores = evaluate_translator(translator, pairs, beam=args.beam, max_len=args.max_len,
+                                 length_penalty=args.length_penalty)
+    alpha = translator.length_penalty if args.length_penalty is None else args.length_penalty
     print(f"{translator.name} ({ckpt_dir}) on {scores['sentences']} {args.split} sentences, "
-          f"{'greedy' if args.beam == 1 else f'beam {args.beam}'}:")
+          f"{'greedy' if args.beam == 1 else f'beam {args.beam}, length penalty {alpha:g}'}:")
     print(f"BLEU {scores['bleu']:.2f}  ({scores['bleu_signature']})")
     print(f"chrF {scores['chrf']:.2f}  ({scores['chrf_signature']})")
     if args.json is not None:
@@ -1634,12 +1683,14 @@ def run_export(args: argparse.Namespace) -> int:
     if scores is not None and args.evaluate is not None:
         raise ValueError("give --scores or --evaluate, not both: --evaluate measures the scores it records")
     out = export_translator(args.checkpoint, args.out, dtype=args.dtype, scores=scores,
-                            evaluate_beam=args.evaluate, average=args.average, print_fn=print)
+                            evaluate_beam=args.evaluate, average=args.average, length_penalty=args.length_penalty,
+                            print_fn=print)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"exported {args.checkpoint} to {out} ({size / 2**20:.1f} MiB, {args.dtype} weights)")
     rec = read_run(out)["exported"]["scores"]
     if rec:
         how = f", beam {rec['beam']}" if "beam" in rec else ""
+        how += f", length penalty {rec['length_penalty']:g}" if "length_penalty" in rec else ""
         print(f"recorded test scores: BLEU {rec.get('bleu', float('nan')):.2f}  chrF {rec.get('chrf', float('nan')):.2f}{how}")
     return 0
 

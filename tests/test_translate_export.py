@@ -100,6 +100,45 @@ def test_export_evaluate_records_the_scores_evaluate_reproduces(run_dir, tmp_pat
     assert rc != 0 and "--scores or --evaluate, not both" in err
 
 
+def test_length_penalty_is_exported_read_back_and_overridable(run_dir, tmp_path, attnlab, monkeypatch):
+    from attnlab.models import decoding
+
+    seen = []
+    beam_search = decoding.beam_search
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["length_penalty"])
+        return beam_search(*args, **kwargs)
+
+    monkeypatch.setattr(decoding, "beam_search", spy)
+    out = tmp_path / "alpha"
+    rc, stdout, err = attnlab("export", "translate", "--checkpoint", run_dir, "--out", out, "--evaluate", "2",
+                              "--length-penalty", "1.5")
+    assert rc == 0, err
+    assert set(seen) == {1.5}  # the scores and the recorded examples were decoded with it
+    exported = tr.read_run(out)["exported"]
+    assert exported["length_penalty"] == 1.5 and exported["scores"]["length_penalty"] == 1.5
+    assert "length penalty 1.5" in stdout
+    assert tr.Translator.load(out).length_penalty == 1.5
+    assert tr.Translator.load(run_dir).length_penalty == tr.DEFAULT_LENGTH_PENALTY  # not exported: the default
+
+    seen.clear()
+    js = tmp_path / "again.json"
+    rc, stdout, err = attnlab("evaluate", "--checkpoint", out, "--json", js)  # beam and alpha from the record
+    assert rc == 0, err
+    assert "beam 2, length penalty 1.5" in stdout and set(seen) == {1.5}
+    assert json.loads(js.read_text())["bleu"] == pytest.approx(exported["scores"]["bleu"])
+    seen.clear()
+    rc, _, err = attnlab("translate", "--checkpoint", out, SENTENCE, "--length-penalty", "0")
+    assert rc == 0, err
+    assert seen == [0.0]
+
+    rc, _, err = attnlab("translate", "--checkpoint", out, SENTENCE, "--length-penalty", "-1")
+    assert rc == 2 and "--length-penalty: expected a number >= 0, got -1" in err
+    with pytest.raises(ValueError, match="length_penalty must be a finite float >= 0"):
+        tr.Translator(tr.Translator.load(out).model, tr.Translator.load(out).tokenizer, length_penalty=float("nan"))
+
+
 def test_export_average_writes_the_mean_of_the_checkpoints(run_dir, tmp_path, attnlab):
     out = tmp_path / "averaged"
     rc, _, err = attnlab("export", "translate", "--checkpoint", run_dir, "--out", out, "--dtype", "float32",
