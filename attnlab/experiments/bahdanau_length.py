@@ -352,6 +352,7 @@ def run_experiment(
                  f"chrF {result['chrf']:.2f}; by length: "
                  + ", ".join(f"{s.bin.label}: {_fmt(s.bleu)}" for s in scores[name]))
     settings = {
+        "mode": "train",
         "minutes": minutes,
         "params": params,
         "dropout": dropout,
@@ -368,7 +369,12 @@ def run_experiment(
         "command": command,
         "bleu_signature": result["bleu_signature"],
     }
-    res = ExperimentResult(tuple(bin_list), scores, overall, runs, settings)
+    return _finish(out, ExperimentResult(tuple(bin_list), scores, overall, runs, settings), print_fn)
+
+
+def _finish(out: Path, res: ExperimentResult, print_fn) -> ExperimentResult:
+    """Write the plot, ``results.json`` and the markdown of ``res`` into ``out``, and print the tables."""
+    scores, overall = res.scores, res.overall
     res.plot = out / "bleu_by_length.png"
     plot_bleu_by_length(scores, res.plot, title="Scores by source length (test split)")
     (out / "results.json").write_text(json.dumps(_to_json(res), indent=1) + "\n", encoding="utf-8")
@@ -379,6 +385,95 @@ def run_experiment(
     print_fn(markdown_table(scores, {n: o["chrf"] for n, o in overall.items()}, "chrf"))
     print_fn(f"plot: {res.plot}\nmarkdown for docs/experiments.md: {res.markdown}")
     return res
+
+
+def score_checkpoints(
+    checkpoints: Mapping[str, str | Path],
+    out="runs/bahdanau-length-checkpoints",
+    *,
+    beam: int = 1,
+    length_penalty: float | None = None,
+    bins: str = DEFAULT_BINS,
+    command: str | None = None,
+    print_fn=print,
+) -> ExperimentResult:
+    """Score models that are already trained (no training) by source length, on the test split
+    they share, and write the same outputs as :func:`run_experiment`.
+
+    Args:
+        checkpoints: label -> run directory, checkpoint directory or shipped model name
+            (anything ``attnlab translate --checkpoint`` takes).
+        beam, length_penalty: decoding (``length_penalty`` None: each model's own default).
+        bins: source-length bins in words, as in :func:`parse_bins`.
+
+    Every run must hold the same test split (the same data settings); a mismatch is an
+    error, since scores on different sentences do not compare.
+    """
+    import torch
+
+    from ..train.checkpoint import read_checkpoint
+    from ..translate import DataSettings, Translator, _resolve_checkpoint, evaluate_translator, load_splits, read_run
+
+    bin_list = parse_bins(bins)
+    if not checkpoints:
+        raise ValueError("checkpoints is empty; name at least one trained model")
+    resolved = {}
+    for name, path in checkpoints.items():
+        if str(path) in _shipped_names():
+            from ..translate import pretrained_path
+
+            path = pretrained_path(str(path))
+        resolved[name] = _resolve_checkpoint(path)  # (checkpoint dir, run dir); clear error if missing
+    test, first = None, None
+    for name, (_, run_dir) in resolved.items():
+        held_out = load_splits(DataSettings(**read_run(run_dir)["data"]), held_out_only=True)["test"]
+        if test is None:
+            test, first = held_out, name
+        elif held_out != test:
+            raise ValueError(f"--checkpoints: {name} was trained with another test split than {first} "
+                             "(other data settings); scores on different sentences do not compare")
+    lengths = [len(de.split()) for de, _ in test]
+    refs = [en for _, en in test]
+    scores, overall, runs = {}, {}, {}
+    for name, (ckpt_dir, run_dir) in resolved.items():
+        translator = Translator.load(ckpt_dir)
+        result = evaluate_translator(translator, test, beam=beam, length_penalty=length_penalty)
+        scores[name] = bleu_by_length(lengths, result["hypotheses"], refs, bin_list)
+        overall[name] = {"bleu": result["bleu"], "chrf": result["chrf"]}
+        record = read_run(run_dir)
+        progress = (read_checkpoint(ckpt_dir).state or {}).get("progress") or {}
+        runs[name] = {
+            "parameters": sum(p.numel() for p in translator.model.parameters()),
+            "steps": progress.get("step"),
+            "minutes": round(progress["train_seconds"] / 60, 2) if "train_seconds" in progress else None,
+            "sizes": {k: v for k, v in record["config"].items() if k not in ("src_vocab", "tgt_vocab", "pad_id", "name")},
+            "best_valid_bleu": progress.get("best_metric"),
+            "load_before": None,
+            "load_after": None,
+            "checkpoint": str(ckpt_dir),
+            "length_penalty": translator.length_penalty if length_penalty is None else length_penalty,
+        }
+        print_fn(f"   {name} ({ckpt_dir}): test BLEU {result['bleu']:.2f}, chrF {result['chrf']:.2f}; by length: "
+                 + ", ".join(f"{s.bin.label}: {_fmt(s.bleu)}" for s in scores[name]))
+    settings = {
+        "mode": "checkpoints",
+        "beam": beam,
+        "bins": bins,
+        "test_sentences": len(test),
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "command": command,
+        "bleu_signature": result["bleu_signature"],
+    }
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return _finish(out, ExperimentResult(tuple(bin_list), scores, overall, runs, settings), print_fn)
+
+
+def _shipped_names() -> tuple[str, ...]:
+    from ..translate import PRETRAINED
+
+    return tuple(PRETRAINED)
 
 
 def _to_json(res: ExperimentResult) -> dict:
@@ -399,6 +494,8 @@ def experiment_markdown(res: ExperimentResult) -> str:
     lines = ["### BLEU by source-sentence length (Bahdanau et al. 2014, Fig. 2)", ""]
     if s.get("command"):
         lines += ["```", s["command"], "```", ""]
+    if s.get("mode") == "checkpoints":
+        return _checkpoints_markdown(res, lines)
     lines.append(
         f"Test split of {s['test_sentences']} sentence pairs; models trained on {s['train_pairs']} pairs for "
         f"{s['minutes']:g} min each with a budget of {s['params']:,} parameters, joint BPE vocabulary "
@@ -419,6 +516,25 @@ def experiment_markdown(res: ExperimentResult) -> str:
         lines.append(
             f"| {n} | {r['parameters']:,} | {sizes} | {r['steps']} | {r['minutes']} | {_fmt(r['best_valid_bleu'])} | {load} |"
         )
+    return _with_tables(res, lines)
+
+
+def _checkpoints_markdown(res: ExperimentResult, lines: list[str]) -> str:
+    s = res.settings
+    lines.append(
+        f"Already trained models scored on the {s['test_sentences']} sentence pairs of their shared test split, "
+        f"{'greedy decoding' if s['beam'] == 1 else 'beam ' + str(s['beam'])}. sacreBLEU `{s['bleu_signature']}`."
+    )
+    lines += ["", "| model | checkpoint | parameters | steps | training minutes | best valid BLEU |", "|---|---|---:|---:|---:|---:|"]
+    for n, r in res.runs.items():
+        steps = "–" if r["steps"] is None else r["steps"]
+        lines.append(f"| {n} | `{r['checkpoint']}` | {r['parameters']:,} | {steps} | {_fmt(r['minutes'])} | "
+                     f"{_fmt(r['best_valid_bleu'])} |")
+    return _with_tables(res, lines)
+
+
+def _with_tables(res: ExperimentResult, lines: list[str]) -> str:
+    """``lines`` followed by the BLEU and chrF tables by length and where the plot is."""
     lines += ["", "BLEU by source length:", "",
               markdown_table(res.scores, {n: o["bleu"] for n, o in res.overall.items()}, "bleu"),
               "chrF by source length (character n-grams: steadier than BLEU at low scores):", "",
@@ -433,7 +549,7 @@ def experiment_markdown(res: ExperimentResult) -> str:
 
 def register(subparsers) -> argparse.ArgumentParser:
     """Add ``experiment bahdanau-length`` to the CLI."""
-    from .._argtypes import positive_float, positive_int, probability
+    from .._argtypes import nonnegative_float, positive_float, positive_int, probability
     from ..translate import DEFAULT_VOCAB, _add_threads_argument
     from ..cli import command_group
 
@@ -463,6 +579,12 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help=f"joint BPE vocabulary (default {DEFAULT_VOCAB})")
     p.add_argument("--beam", type=positive_int, default=1, help="beam size for the test translations (default 1)")
     p.add_argument("--bins", default=DEFAULT_BINS, help=f"source-length bins in words (default {DEFAULT_BINS})")
+    p.add_argument("--checkpoints", metavar="NAME=DIR", nargs="+",
+                   help="score these already trained models instead of training (DIR: a run, a checkpoint or a "
+                        "shipped model name); --out, --beam, --length-penalty and --bins apply, the training "
+                        "options do not; default --out runs/bahdanau-length-checkpoints)")
+    p.add_argument("--length-penalty", metavar="ALPHA", type=nonnegative_float, default=None,
+                   help="beam search's GNMT length penalty alpha (default: each model's own)")
     p.add_argument("--jobs", type=positive_int, default=1, metavar="N",
                    help="models trained at the same time, one process each (default 1: one after the other, "
                         "so each model has the machine to itself)")
@@ -476,6 +598,8 @@ def run(args: argparse.Namespace) -> int:
     from ..models.registry import MODELS
 
     parse_bins(args.bins)  # a typo fails before any training
+    if args.checkpoints:
+        return _run_checkpoints(args)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in models if m not in MODELS]
     if unknown or not models:
@@ -493,4 +617,31 @@ def run(args: argparse.Namespace) -> int:
                    vocab_size=args.vocab_size,
                    beam=args.beam, bins=args.bins, command=command, jobs_at_once=args.jobs)
     print(f"done in {(time.monotonic() - started) / 60:.1f} min")
+    return 0
+
+
+def _parse_checkpoints(items: Sequence[str]) -> dict[str, str]:
+    """``["RNNenc=runs/full/rnnenc", ...]`` -> ``{"RNNenc": "runs/full/rnnenc", ...}``."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise ValueError(f"--checkpoints: expected NAME=DIR (e.g. RNNenc=runs/full/rnnenc), got {item!r}")
+        if name.strip() in out:
+            raise ValueError(f"--checkpoints: the name {name.strip()!r} is given twice")
+        out[name.strip()] = path.strip()
+    return out
+
+
+def _run_checkpoints(args: argparse.Namespace) -> int:
+    import torch
+
+    checkpoints = _parse_checkpoints(args.checkpoints)
+    out = Path("runs/bahdanau-length-checkpoints") if args.out == Path("runs/bahdanau-length") else args.out
+    command = (f"attnlab experiment bahdanau-length --checkpoints {' '.join(args.checkpoints)} --out {out} "
+               f"--beam {args.beam} --bins {args.bins}"
+               + ("" if args.length_penalty is None else f" --length-penalty {args.length_penalty:g}"))
+    torch.set_num_threads(args.threads)
+    score_checkpoints(checkpoints, out, beam=args.beam, length_penalty=args.length_penalty, bins=args.bins,
+                      command=command)
     return 0

@@ -171,6 +171,33 @@ def test_tiny_experiment_end_to_end(tmp_path):
     assert res.plot.read_bytes().startswith(PNG_MAGIC)
     assert any("rnnsearch BLEU" in line for line in lines)
 
+    # Scoring the trained runs again with --checkpoints (no training) gives the same figures.
+    out = tmp_path / "scored"
+    rc = cli.main(["experiment", "bahdanau-length", "--checkpoints", f"A={tmp_path / 'exp' / 'rnnenc'}",
+                   f"B={tmp_path / 'exp' / 'rnnsearch' / 'best'}", "--out", str(out), "--bins", "1-5,6-",
+                   "--threads", "1"])
+    assert rc == 0
+    again = json.loads((out / "results.json").read_text())
+    assert again["settings"]["mode"] == "checkpoints" and again["settings"]["test_sentences"] == 4
+    assert again["overall"]["A"] == pytest.approx(res.overall["rnnenc"])
+    assert again["overall"]["B"] == pytest.approx(res.overall["rnnsearch"])
+    assert again["by_length"]["A"] == saved["by_length"]["rnnenc"]
+    assert again["runs"]["A"]["steps"] == res.runs["rnnenc"]["steps"]
+    assert "| A | `" in (out / "bahdanau_length.md").read_text()
+
+    # Runs with different test splits do not compare: a clear error, nothing written.
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(tmp_path / "exp" / "rnnenc", other)
+    shutil.copy(tmp_path / "exp" / "tokenizer.json", other / "tokenizer.json")
+    record = json.loads((other / "run.json").read_text())
+    record["data"]["test"] = 3
+    (other / "run.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="B was trained with another test split than A"):
+        bl.score_checkpoints({"A": tmp_path / "exp" / "rnnenc", "B": other}, tmp_path / "no", print_fn=lines.append)
+    assert not (tmp_path / "no").exists()
+
 
 @pytest.mark.parametrize(
     "argv, message",
@@ -178,6 +205,8 @@ def test_tiny_experiment_end_to_end(tmp_path):
         (["--bins", "5-3"], "bins: cannot read '5-3'"),
         (["--models", "rnnenc,gpt"], "--models: unknown model(s) gpt; valid models: seq2seq, rnnenc"),
         (["--models", ","], "--models: unknown model(s) (none given)"),
+        (["--checkpoints", "runs/x"], "--checkpoints: expected NAME=DIR (e.g. RNNenc=runs/full/rnnenc), got 'runs/x'"),
+        (["--checkpoints", "a=x", "a=y"], "--checkpoints: the name 'a' is given twice"),
     ],
 )
 def test_cli_bad_input_gives_one_clean_line_before_training(monkeypatch, capsys, tmp_path, argv, message):
