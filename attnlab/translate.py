@@ -94,7 +94,7 @@ DEMO_SENTENCES = ("Ich möchte dir helfen.",)
 EXPORT_SENTENCES = ("Ich möchte dir helfen.", "Wo ist der Bahnhof?", "Das Wetter ist heute schön.",
                     "Er hat das Buch gestern gelesen.")
 EXPORT_BEAM = 4
-#: Beam search's GNMT length penalty ``alpha`` unless a run's recorded scores name another.
+#: Beam search's GNMT length penalty ``alpha`` unless an exported run records another.
 DEFAULT_LENGTH_PENALTY = 0.6
 _MAX_DECODE_LEN = 250
 #: Models shipped inside the package (``attnlab/pretrained/<dir>``), by the name
@@ -180,15 +180,6 @@ class TrainOptions:
 MODEL_TRAINING_DEFAULTS = {"transformer": {"lr": 1e-3, "schedule": "constant", "warmup": 200}}
 _RNN_TRAINING = {"lr": 3e-3, "schedule": "constant", "warmup": 50}
 _LIMITS = ("minutes", "steps", "epochs")
-
-
-def check_length_penalty(value, name: str = "length_penalty") -> float:
-    """``value`` as a GNMT length-penalty ``alpha`` (a finite float >= 0), else a clear error."""
-    import math
-
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite float >= 0 (the GNMT alpha; 0 ranks by log p alone), got {value!r}")
-    return float(value)
 
 
 def read_run(directory) -> dict:
@@ -439,7 +430,9 @@ class Translator:
             :data:`DEFAULT_LENGTH_PENALTY`.
     """
 
-    def __init__(self, model, tokenizer, name: str | None = None, length_penalty: float = None):
+    def __init__(self, model, tokenizer, name: str | None = None, length_penalty: float | None = None):
+        from .models.decoding import check_length_penalty
+
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name or getattr(getattr(model, "config", None), "name", type(model).__name__)
@@ -631,6 +624,8 @@ def export_translator(
     dtypes = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
     if dtype not in dtypes:
         raise ValueError(f"dtype must be one of {', '.join(dtypes)}, got {dtype!r}")
+    from .models.decoding import check_length_penalty
+
     if evaluate_beam is not None:
         check_positive_int(evaluate_beam, "evaluate_beam")
     length_penalty = check_length_penalty(length_penalty)

@@ -135,7 +135,7 @@ def test_length_penalty_is_exported_read_back_and_overridable(run_dir, tmp_path,
 
     rc, _, err = attnlab("translate", "--checkpoint", out, SENTENCE, "--length-penalty", "-1")
     assert rc == 2 and "--length-penalty: expected a number >= 0, got -1" in err
-    with pytest.raises(ValueError, match="length_penalty must be a finite float >= 0"):
+    with pytest.raises(ValueError, match="length_penalty must be a float >= 0 \\(the GNMT alpha, finite"):
         tr.Translator(tr.Translator.load(out).model, tr.Translator.load(out).tokenizer, length_penalty=float("nan"))
 
 

@@ -417,13 +417,8 @@ def score_checkpoints(
     bin_list = parse_bins(bins)
     if not checkpoints:
         raise ValueError("checkpoints is empty; name at least one trained model")
-    resolved = {}
-    for name, path in checkpoints.items():
-        if str(path) in _shipped_names():
-            from ..translate import pretrained_path
-
-            path = pretrained_path(str(path))
-        resolved[name] = _resolve_checkpoint(path)  # (checkpoint dir, run dir); clear error if missing
+    # (checkpoint dir, run dir) each; shipped model names resolve too; a clear error if missing
+    resolved = {name: _resolve_checkpoint(path) for name, path in checkpoints.items()}
     test, first = None, None
     for name, (_, run_dir) in resolved.items():
         held_out = load_splits(DataSettings(**read_run(run_dir)["data"]), held_out_only=True)["test"]
@@ -468,12 +463,6 @@ def score_checkpoints(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     return _finish(out, ExperimentResult(tuple(bin_list), scores, overall, runs, settings), print_fn)
-
-
-def _shipped_names() -> tuple[str, ...]:
-    from ..translate import PRETRAINED
-
-    return tuple(PRETRAINED)
 
 
 def _to_json(res: ExperimentResult) -> dict:

@@ -29,6 +29,7 @@ log-probability of the output (``eos`` included when it was produced).
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
@@ -42,6 +43,7 @@ __all__ = [
     "greedy_decode",
     "beam_search",
     "length_penalty_gnmt",
+    "check_length_penalty",
     "check_source",
     "check_target",
     "check_prev_tokens",
@@ -250,6 +252,13 @@ def greedy_decode(model, src, src_lengths, bos_id: int, eos_id: int, max_len: in
     return Decoded(tokens, attention, score.tolist())
 
 
+def check_length_penalty(value, name: str = "length_penalty") -> float:
+    """``value`` as a GNMT length-penalty ``alpha`` (a finite float >= 0), else a clear error."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a float >= 0 (the GNMT alpha, finite; 0 ranks by log p alone), got {value!r}")
+    return float(value)
+
+
 def length_penalty_gnmt(length: int, alpha: float) -> float:
     """``lp(n) = ((5 + n) / 6)^alpha`` (Wu et al. 2016, §7); 1 when ``alpha = 0``."""
     return ((5.0 + length) / 6.0) ** alpha
@@ -296,8 +305,7 @@ def beam_search(
     """
     _check_decode_args(model, src, src_lengths, bos_id, eos_id, max_len)
     K = check_positive_int(beam_size, "beam_size")
-    if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float)) or length_penalty < 0:
-        raise ValueError(f"length_penalty must be a float >= 0 (GNMT alpha), got {length_penalty!r}")
+    check_length_penalty(length_penalty)
     B, device = src.shape[0], src.device
     lengths = src_lengths.tolist()
     neg_inf = float("-inf")
