@@ -1113,10 +1113,14 @@ def shipped_translators() -> dict[str, "Translator"]:
 
 
 def _decoding_label(scores: dict) -> str:
-    """How recorded scores were decoded: ``beam N``, ``greedy``, or ``-`` when none are recorded."""
+    """How recorded scores were decoded: ``beam N`` (with its length penalty when recorded),
+    ``greedy``, or ``-`` when none are recorded."""
     if "bleu" not in scores:
         return "-"
-    return f"beam {scores['beam']}" if scores.get("beam", 1) > 1 else "greedy"
+    if scores.get("beam", 1) == 1:
+        return "greedy"
+    alpha = scores.get("length_penalty")
+    return f"beam {scores['beam']}" + ("" if alpha is None else f", length penalty {alpha:g}")
 
 
 def recorded_scores(record: dict) -> dict:

@@ -259,3 +259,10 @@ def test_viz_names_the_shipped_models(run_dir, tmp_path, monkeypatch):
     torch.testing.assert_close(shipped.layers[0]["heads"], direct.layers[0]["heads"])
     with pytest.raises(FileNotFoundError, match="shipped rnnsearch model is missing"):
         viz_cli.load_attention("rnnsearch", SENTENCE)
+
+
+def test_decoding_label_names_the_recorded_beam_and_length_penalty():
+    assert tr._decoding_label({}) == "-"
+    assert tr._decoding_label({"bleu": 1.0, "beam": 1}) == "greedy"
+    assert tr._decoding_label({"bleu": 1.0, "beam": 4}) == "beam 4"  # exported before the alpha was recorded
+    assert tr._decoding_label({"bleu": 1.0, "beam": 4, "length_penalty": 1.5}) == "beam 4, length penalty 1.5"
