@@ -619,13 +619,12 @@ def export_translator(
     import torch
 
     from ._checks import check_positive_int
+    from .models.decoding import check_length_penalty
     from .train.checkpoint import save_checkpoint
 
     dtypes = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
     if dtype not in dtypes:
         raise ValueError(f"dtype must be one of {', '.join(dtypes)}, got {dtype!r}")
-    from .models.decoding import check_length_penalty
-
     if evaluate_beam is not None:
         check_positive_int(evaluate_beam, "evaluate_beam")
     length_penalty = check_length_penalty(length_penalty)
@@ -1112,6 +1111,13 @@ def shipped_translators() -> dict[str, "Translator"]:
     return out
 
 
+def add_length_penalty_argument(p: argparse.ArgumentParser) -> None:
+    """``--length-penalty ALPHA`` (default None: each model's own, see :attr:`Translator.length_penalty`)."""
+    p.add_argument("--length-penalty", metavar="ALPHA", type=nonnegative_float, default=None,
+                   help="beam search's GNMT length penalty alpha (0 ranks by log p alone; default: the one the model "
+                        f"was exported with, else {DEFAULT_LENGTH_PENALTY})")
+
+
 def _decoding_label(scores: dict) -> str:
     """How recorded scores were decoded: ``beam N`` (with its length penalty when recorded),
     ``greedy``, or ``-`` when none are recorded."""
@@ -1449,9 +1455,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="run directory (uses best/, else last/), one checkpoint directory in it, or a shipped "
                         f"model: {', '.join(PRETRAINED)} (default: the shipped {next(iter(PRETRAINED))})")
     p.add_argument("--beam", type=positive_int, default=4, help="beam size (default 4; 1 is greedy)")
-    p.add_argument("--length-penalty", metavar="ALPHA", type=nonnegative_float, default=None,
-                   help="beam search's GNMT length penalty alpha (0 ranks by log p alone; default: the one the model "
-                        f"was exported with, else {DEFAULT_LENGTH_PENALTY})")
+    add_length_penalty_argument(p)
     p.add_argument("--max-len", type=positive_int, metavar="N",
                    help="most output pieces per sentence (default 2 x source pieces + 10)")
     p.add_argument("--heatmap", metavar="PATH", type=Path,
@@ -1473,9 +1477,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--beam", type=positive_int, default=None,
                    help="beam size (default: the beam a shipped model's recorded scores were measured with, "
                         "else 1, greedy)")
-    p.add_argument("--length-penalty", metavar="ALPHA", type=nonnegative_float, default=None,
-                   help="beam search's GNMT length penalty alpha (0 ranks by log p alone; default: the one the model "
-                        f"was exported with, else {DEFAULT_LENGTH_PENALTY})")
+    add_length_penalty_argument(p)
     p.add_argument("--max-len", type=positive_int, metavar="N",
                    help="most output pieces per sentence (default 2 x source pieces + 10)")
     p.add_argument("--json", metavar="PATH", type=Path, help='write {"bleu": float, "chrf": float, "sentences": int}')
@@ -1651,7 +1653,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     ckpt_dir, run_dir = _resolve_checkpoint(args.checkpoint)
     record = read_run(run_dir)
     if args.beam is None:
-        args.beam = int((record.get("exported", {}).get("scores") or {}).get("beam", 1))
+        args.beam = int(recorded_scores(record).get("beam", 1))
     _set_threads(args)
     translator = Translator.load(args.checkpoint)
     splits = load_splits(DataSettings(**record["data"]), held_out_only=True)

@@ -538,8 +538,8 @@ def _with_tables(res: ExperimentResult, lines: list[str]) -> str:
 
 def register(subparsers) -> argparse.ArgumentParser:
     """Add ``experiment bahdanau-length`` to the CLI."""
-    from .._argtypes import nonnegative_float, positive_float, positive_int, probability
-    from ..translate import DEFAULT_VOCAB, _add_threads_argument
+    from .._argtypes import positive_float, positive_int, probability
+    from ..translate import DEFAULT_VOCAB, _add_threads_argument, add_length_penalty_argument
     from ..cli import command_group
 
     group = command_group(subparsers, "experiment", help="reproduce published claims: attnlab experiment TASK")
@@ -572,8 +572,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="score these already trained models instead of training (DIR: a run, a checkpoint or a "
                         "shipped model name); --out, --beam, --length-penalty and --bins apply, the training "
                         "options do not; default --out runs/bahdanau-length-checkpoints)")
-    p.add_argument("--length-penalty", metavar="ALPHA", type=nonnegative_float, default=None,
-                   help="beam search's GNMT length penalty alpha (default: each model's own)")
+    add_length_penalty_argument(p)
     p.add_argument("--jobs", type=positive_int, default=1, metavar="N",
                    help="models trained at the same time, one process each (default 1: one after the other, "
                         "so each model has the machine to itself)")
